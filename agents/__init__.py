@@ -1,0 +1,1 @@
+"""capfan.agents: the per-host sensor supervisor (capture workers, analyzers, exporter)."""

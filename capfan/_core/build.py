@@ -1,0 +1,112 @@
+"""cffi (API mode) build of capfan's C core into the extension module `capfan._capfan_core`."""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["ring.c", "parse.c", "ringbench.c"]
+
+CDEF = """
+typedef struct capfan_desc {
+    uint64_t seq; uint64_t ts_ns; uint32_t off; uint16_t caplen; uint16_t wirelen;
+    uint32_t hash; uint16_t port; uint16_t flags;
+} capfan_desc;
+typedef struct capfan_geometry {
+    uint32_t ndesc; uint64_t arena_bytes; uint32_t max_consumers; uint32_t linktype;
+    uint32_t snaplen; uint32_t full_policy;
+} capfan_geometry;
+typedef struct capfan_event { uint64_t ts_ns; uint32_t kind; uint32_t slot; uint64_t arg; char name[8]; } capfan_event;
+typedef struct capfan_batch {
+    uint64_t first_seq; uint32_t count; uint32_t nsel;
+    const capfan_desc *desc; const uint32_t *sel; const uint8_t *arena;
+} capfan_batch;
+typedef struct capfan_consumer_opts {
+    const char *name; uint32_t policy; uint64_t stall_budget_us; uint32_t spin_us;
+    const char *group; uint16_t group_member; uint16_t group_size; uint32_t start;
+} capfan_consumer_opts;
+typedef struct capfan_slot_stats {
+    uint32_t index, state, policy, pid, sleeping, spin_us;
+    uint16_t group_size, group_member, alive, _pad;
+    uint64_t cursor, attach_seq, delivered, dropped, filtered, torn, stall_budget_ns, holding_since_ns;
+    uint64_t demotions, resumes;
+    char name[32]; char group[32];
+} capfan_slot_stats;
+typedef struct capfan_ring_stats {
+    uint64_t head, tail, generation, dropped_full, bytes, blocked_ns, producer_pid, heartbeat_ns;
+    uint64_t arena_used, demotions, created_ns;
+    uint32_t ndesc, max_consumers, linktype, snaplen, full_policy, producer_alive, nconsumers, hugepages;
+    uint64_t arena_bytes, file_bytes;
+} capfan_ring_stats;
+typedef struct capfan_pkt_info {
+    uint16_t flags, vlan, inner_vlan, l3_off, l4_off;
+    uint8_t ip_version, proto;
+    uint16_t sport, dport, ethertype;
+    uint32_t frag_id;
+    uint16_t frag_off, ip_len;
+    uint8_t src[16], dst[16];
+} capfan_pkt_info;
+typedef struct capfan_ring capfan_ring;
+typedef struct capfan_producer capfan_producer;
+typedef struct capfan_consumer capfan_consumer;
+
+const char *capfan_last_error(void);
+int capfan_ring_create(const char *path, const capfan_geometry *g, uint32_t mode, int gid);
+capfan_ring *capfan_ring_open(const char *path);
+void capfan_ring_close(capfan_ring *r);
+int capfan_ring_stats_get(capfan_ring *r, capfan_ring_stats *out);
+int capfan_ring_slot_get(capfan_ring *r, uint32_t i, capfan_slot_stats *out);
+uint64_t capfan_ring_event_count(capfan_ring *r);
+int capfan_ring_events(capfan_ring *r, capfan_event *out, uint32_t n);
+const capfan_desc *capfan_ring_desc(capfan_ring *r);
+const uint8_t *capfan_ring_arena(capfan_ring *r);
+
+capfan_producer *capfan_producer_open(const char *path);
+void capfan_producer_close(capfan_producer *p);
+capfan_ring *capfan_producer_ring(capfan_producer *p);
+uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, int64_t timeout_ns);
+void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen, uint32_t wirelen,
+                            uint16_t port, uint16_t flags);
+void capfan_producer_flush(capfan_producer *p);
+int64_t capfan_producer_publish(capfan_producer *p, const uint8_t *buf, const uint64_t *offs,
+                                const uint32_t *caplens, const uint32_t *wirelens,
+                                const uint64_t *ts_ns, uint32_t n, uint16_t port);
+uint64_t capfan_producer_dropped(capfan_producer *p);
+
+capfan_consumer *capfan_consumer_attach(const char *path, const capfan_consumer_opts *o);
+void capfan_consumer_detach(capfan_consumer *c, int keep);
+int capfan_consumer_next(capfan_consumer *c, uint32_t max, int64_t timeout_ns, capfan_batch *b);
+uint32_t capfan_consumer_torn(capfan_consumer *c, const capfan_batch *b);
+uint32_t capfan_consumer_release(capfan_consumer *c, capfan_batch *b);
+uint64_t capfan_consumer_generation(capfan_consumer *c);
+uint64_t capfan_consumer_producer_generation(capfan_consumer *c, int *alive);
+int capfan_consumer_slot(capfan_consumer *c);
+capfan_ring *capfan_consumer_ring(capfan_consumer *c);
+int capfan_consumer_stats(capfan_consumer *c, capfan_slot_stats *out);
+
+int capfan_parse(const uint8_t *pkt, uint32_t caplen, uint32_t linktype, capfan_pkt_info *info);
+uint32_t capfan_flow_hash(const uint8_t *pkt, uint32_t caplen, uint32_t linktype, uint16_t *flags);
+
+/* ringbench.c: C loops for `capfan bench ring` (see that file) */
+int64_t capfan_bench_produce(capfan_producer *p, uint64_t npkts, uint32_t size, uint32_t nflows,
+                             uint32_t batch, uint64_t *cpu_ns);
+int64_t capfan_bench_consume(capfan_consumer *c, uint64_t npkts, int64_t idle_timeout_ns,
+                             uint64_t *cpu_ns, uint64_t *checksum);
+int capfan_bench_copyq_create(const char *path, uint32_t nqueues, uint32_t slots, uint32_t slot_bytes);
+int64_t capfan_bench_copyq_produce(const char *path, uint64_t npkts, uint32_t size, uint64_t *cpu_ns);
+int64_t capfan_bench_copyq_consume(const char *path, uint32_t q, uint64_t npkts, uint64_t *cpu_ns,
+                                   uint64_t *checksum);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "capfan._capfan_core",
+    '#include "ring.h"\n#include "parse.h"\n#include "ringbench.h"\n',
+    sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
+    include_dirs=[os.path.relpath(HERE)],
+    extra_compile_args=["-std=c11", "-O3", "-Wall", "-Wno-unused-parameter", "-D_GNU_SOURCE"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,1 @@
+"""Benchmarks behind `capfan bench`: each prints a table of ratios against baselines run alongside."""

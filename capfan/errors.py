@@ -1,0 +1,41 @@
+"""Exception types. Every message says what went wrong and what the user can do about it."""
+
+
+class CapfanError(Exception):
+    """Base of all capfan errors; the CLI prints these without a traceback."""
+
+
+class RingError(CapfanError):
+    """A shared-memory ring operation failed."""
+
+
+class RingExists(RingError):
+    """The ring already exists."""
+
+
+class RingNotFound(RingError):
+    """No ring of that name."""
+
+
+class RingFormatError(RingError):
+    """The file is not a ring this capfan understands."""
+
+
+class RingBusy(RingError):
+    """The ring already has a live producer, or the consumer name is taken by a live process."""
+
+
+class NoConsumerSlot(RingError):
+    """Every consumer slot of the ring is in use."""
+
+
+class RingTimeout(RingError):
+    """A wait on the ring timed out."""
+
+
+class ConfigError(CapfanError):
+    """A configuration value is missing or invalid; `key` names it."""
+
+    def __init__(self, key, message):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
