@@ -50,7 +50,8 @@ _ERRORS = {2: errors.RingExists, 3: errors.RingNotFound, 4: errors.RingFormatErr
 def _raise(rc: int = 0):
     """Raise the exception matching a negative C return code with the C error message."""
     msg = ffi.string(lib.capfan_last_error()).decode(errors="replace") or "ring operation failed"
-    raise _ERRORS.get(-rc, errors.RingError)(msg)
+    code = -rc if rc < 0 else lib.capfan_last_error_code()
+    raise _ERRORS.get(code, errors.RingError)(msg)
 
 
 def ring_dir() -> str:
@@ -85,7 +86,7 @@ def parse_size(text) -> int:
 
 
 def create(name: str, ndesc: int = 1 << 16, arena_bytes: int = 64 << 20, max_consumers: int = 256,
-           linktype: int | str = 1, snaplen: int = 65535, full_policy: str = "block",
+           linktype: int | str = 1, snaplen: int = 0, full_policy: str = "block",
            mode: int = 0o600, group: str | int | None = None, exist_ok: bool = False) -> str:
     """Create a ring file (mode 0600 by default so other users cannot read the traffic)."""
     path = ring_path(name)

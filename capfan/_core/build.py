@@ -50,6 +50,7 @@ typedef struct capfan_producer capfan_producer;
 typedef struct capfan_consumer capfan_consumer;
 
 const char *capfan_last_error(void);
+int capfan_last_error_code(void);
 int capfan_ring_create(const char *path, const capfan_geometry *g, uint32_t mode, int gid);
 capfan_ring *capfan_ring_open(const char *path);
 void capfan_ring_close(capfan_ring *r);

@@ -7,7 +7,9 @@
  *    fence, then loads tail: anything below tail may be torn and is discarded (seqlock reader);
  *  - reliable consumers bound how far tail may advance (their cursor), unless demoted.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "ring.h"
 #include "parse.h"
 
@@ -116,14 +118,17 @@ struct capfan_consumer {
 
 /* ---------------------------------------------------------------- errors, time, processes */
 static _Thread_local char g_err[512];
+static _Thread_local int g_errcode;
 
 const char *capfan_last_error(void) { return g_err; }
+int capfan_last_error_code(void) { return g_errcode; }
 
 static int fail(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(g_err, sizeof g_err, fmt, ap);
     va_end(ap);
+    g_errcode = code;
     return -code;
 }
 
@@ -183,7 +188,7 @@ static void log_event(ctl_t *c, uint32_t kind, uint32_t slot, uint64_t arg, cons
     e->slot = slot;
     e->arg = arg;
     memset(e->name, 0, sizeof e->name);
-    if (name) strncpy(e->name, name, sizeof e->name);
+    if (name) memcpy(e->name, name, strnlen(name, sizeof e->name));
 }
 
 static void lock_ctl(ctl_t *c) {
@@ -208,7 +213,8 @@ int capfan_ring_create(const char *path, const capfan_geometry *g, uint32_t mode
     if (maxc < CAPFAN_MIN_CONSUMERS || maxc > CAPFAN_MAX_CONSUMERS)
         return fail(CAPFAN_EINVAL, "max_consumers must be between %u and %u (got %u)",
                     CAPFAN_MIN_CONSUMERS, CAPFAN_MAX_CONSUMERS, maxc);
-    uint32_t snaplen = g->snaplen ? g->snaplen : CAPFAN_MAX_CAPLEN;
+    uint64_t auto_snap = g->arena_bytes / 4 < CAPFAN_MAX_CAPLEN ? g->arena_bytes / 4 : CAPFAN_MAX_CAPLEN;
+    uint32_t snaplen = g->snaplen ? g->snaplen : (uint32_t)auto_snap;
     if (snaplen > CAPFAN_MAX_CAPLEN || align_up(snaplen, CAPFAN_ARENA_ALIGN) > g->arena_bytes / 4)
         return fail(CAPFAN_EINVAL, "snaplen %u too large for the arena (max %u and a quarter of the arena)",
                     snaplen, CAPFAN_MAX_CAPLEN);
@@ -809,7 +815,7 @@ static int wait_data(capfan_consumer *k, uint64_t cur, int64_t timeout_ns) {
         atomic_fetch_sub(&c->sleepers, 1);
         k->s->sleeping = 0;
         if (atomic_load_explicit(&c->head, memory_order_acquire) > cur) return 1;
-        if (c->generation != gen) return 0; /* new producer: let the caller notice */
+        gen = c->generation; /* a new producer took over: keep waiting for its packets */
     }
 }
 

@@ -72,7 +72,7 @@ typedef struct capfan_geometry {
     uint64_t arena_bytes;    /* packet arena size (<= 4 GiB) */
     uint32_t max_consumers;  /* consumer table slots, >= 256 */
     uint32_t linktype;       /* pcap LINKTYPE_* of the packets */
-    uint32_t snaplen;        /* longest caplen stored */
+    uint32_t snaplen;        /* longest caplen stored; 0 = min(65535, arena/4) */
     uint32_t full_policy;    /* capfan_full_policy */
 } capfan_geometry;
 
@@ -162,6 +162,8 @@ typedef struct capfan_consumer capfan_consumer;
 
 /* Message of the last error on this thread. */
 const char *capfan_last_error(void);
+/* capfan_err code of the last error on this thread. */
+int capfan_last_error_code(void);
 
 /* Create a ring file at `path` (fails if it exists); mode e.g. 0600; gid < 0 keeps the group. */
 int capfan_ring_create(const char *path, const capfan_geometry *g, uint32_t mode, int gid);

@@ -1,5 +1,7 @@
 /* Benchmark loops: see ringbench.h. Kept out of the ring itself; only `capfan bench` uses them. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "ringbench.h"
 
 #include <fcntl.h>

@@ -1,0 +1,548 @@
+"""`capfan bench ring`: fan-out throughput of the shared-memory ring against two baselines.
+
+Every configuration runs in the same invocation, each role in its own forked process:
+
+* ``ring-c``      one C producer (capfan_bench_produce) -> N reliable C consumers
+* ``ring-py``     one C producer -> N reliable Python batch consumers (capfan.ring.Consumer,
+                  numpy over every descriptor of each batch)
+* ``ring-c-lossy``one C producer -> N lossy C consumers: they never hold the producer, so this
+                  is the producer's own cost of fanning out to N readers
+* ``zmq``         baseline: Python PUB -> N Python SUB over ipc://, 256 packets per message
+* ``copyq``       baseline: C producer copying every packet into N SPSC shared-memory queues,
+                  N C consumers (capfan_bench_copyq_*)
+* ``produce-only``reference: the ring producer with nobody attached
+
+Rates are reported both per wall-clock second (what a consumer received while sharing the
+machine) and per consumer CPU-second (what one core running that consumer sustains), because on
+a small shared box N consumers + 1 producer oversubscribe the cores and wall rates then measure
+the scheduler as much as the code.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from capfan._capfan_core import ffi, lib
+
+LINE_RATE_64B = 14_880_952        # 10GbE at 64-byte frames (84 B on the wire incl. preamble/IFG)
+PRODUCER_SCALING_TARGET = 1.2     # producer ns/pkt at 8 consumers <= 1.2x that at 1
+ZMQ_RATIO_TARGET = 10.0
+
+NFLOWS = 1024                     # synthetic flows (source ports) the producer cycles through
+FLUSH_EVERY = 64                  # producer publishes (and wakes sleepers) every 64 packets: a NIC burst
+PY_BATCH = 8192                   # Python consumer batch size
+ZMQ_BATCH = 256                   # packets per ZeroMQ message
+STALL_BUDGET_US = 30_000_000      # reliable consumers must never be demoted during a bench run
+IDLE_TIMEOUT_S = 10.0             # a consumer seeing nothing for this long gives up (producer died)
+RUN_TIMEOUT_S = 300.0             # whole-run watchdog
+PAGE = 4096
+
+METHODS = ("produce-only", "ring-c", "ring-py", "ring-c-lossy", "zmq", "copyq")
+METHOD_INFO = {
+    "produce-only": "ring producer, no consumer attached (reference)",
+    "ring-c": "ring, reliable C consumers (read 8 B of every packet)",
+    "ring-py": "ring, reliable Python batch consumers (numpy over every descriptor)",
+    "ring-c-lossy": "ring, lossy C consumers (never hold the producer)",
+    "zmq": "baseline: ZeroMQ PUB/SUB ipc://, 256 pkts/msg, Python subscribers (numpy)",
+    "copyq": "baseline: producer copies each packet into N SPSC shm queues, C consumers",
+}
+
+
+@dataclass
+class Geometry:
+    """Ring and queue sizes used by every run."""
+    ndesc: int = 1 << 18
+    arena_bytes: int = 256 << 20
+    copyq_bytes: int = 32 << 20   # per consumer queue
+
+
+@dataclass
+class ConsumerResult:
+    """What one consumer process measured."""
+    delivered: int
+    dropped: int
+    cpu_ns: int
+    end_ns: int
+    checksum: int
+    demotions: int = 0
+
+
+@dataclass
+class RunResult:
+    """One (method, packet size, consumer count) measurement."""
+    method: str
+    size: int
+    nconsumers: int
+    packets: int
+    published: int = 0
+    producer_cpu_ns: int = 0
+    producer_start_ns: int = 0
+    producer_end_ns: int = 0
+    producer_blocked_ns: int = 0
+    consumers: list[ConsumerResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def producer_ns_per_pkt(self) -> float:
+        """Producer CPU nanoseconds per published packet."""
+        return self.producer_cpu_ns / self.published if self.published else float("nan")
+
+    @property
+    def producer_wall_pps(self) -> float:
+        """Packets published per wall-clock second."""
+        dt = self.producer_end_ns - self.producer_start_ns
+        return self.published / dt * 1e9 if dt > 0 else float("nan")
+
+    @property
+    def blocked_frac(self) -> float:
+        """Share of the producer's wall time spent blocked by reliable consumers."""
+        dt = self.producer_end_ns - self.producer_start_ns
+        return self.producer_blocked_ns / dt if dt > 0 else 0.0
+
+    def wall_pps(self) -> list[float]:
+        """Per consumer: packets delivered per wall-clock second since the producer started."""
+        return [c.delivered / (c.end_ns - self.producer_start_ns) * 1e9 if c.end_ns > self.producer_start_ns
+                else float("nan") for c in self.consumers]
+
+    def cpu_pps(self) -> list[float]:
+        """Per consumer: packets delivered per CPU-second of that consumer (= pps on one core)."""
+        return [c.delivered / c.cpu_ns * 1e9 if c.cpu_ns else float("nan") for c in self.consumers]
+
+    def lost(self) -> int:
+        """Packets published but not delivered, summed over consumers."""
+        return sum(self.published - c.delivered for c in self.consumers)
+
+    def complete(self) -> bool:
+        """Every consumer accounted for every published packet (delivered, or dropped if lossy)."""
+        if self.error or not self.published or len(self.consumers) != self.nconsumers:
+            return False
+        return all(c.delivered + c.dropped == self.published for c in self.consumers)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict with the raw measurements and the derived rates."""
+        d = asdict(self)
+        d.update(producer_ns_per_pkt=self.producer_ns_per_pkt, producer_wall_pps=self.producer_wall_pps,
+                 wall_pps=self.wall_pps(), cpu_pps=self.cpu_pps(), lost=self.lost(),
+                 complete=self.complete())
+        return d
+
+
+# ---------------------------------------------------------------- process plumbing
+
+class _Ctl:
+    """A child's end of its control pipe to the parent."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def ready(self) -> None:
+        """Tell the parent this process is set up (attached, connected, pages faulted in)."""
+        self.conn.send(("ready", None))
+
+    def wait(self, what: str) -> None:
+        """Block until the parent sends `what`."""
+        msg = self.conn.recv()
+        if msg != what:
+            raise RuntimeError(f"expected {what!r} from the bench parent, got {msg!r}")
+
+    def poll(self, what: str) -> bool:
+        """True if the parent sent `what` (non-blocking)."""
+        if self.conn.poll():
+            self.wait(what)
+            return True
+        return False
+
+
+def _child_main(conn, fn, args):
+    """Body of every bench child: run fn(ctl, *args) and ship its result or error back."""
+    try:
+        conn.send(("result", fn(_Ctl(conn), *args)))
+    except BaseException as e:  # noqa: BLE001 - report anything, the parent decides
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+    finally:
+        conn.close()
+
+
+class _Child:
+    """A forked bench process and the parent's end of its pipe."""
+
+    def __init__(self, fn, *args):
+        ctx = mp.get_context("fork")  # children inherit the imported modules; cffi handles are made after fork
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_child_main, args=(child_conn, fn, args), daemon=True)
+        self.proc.start()
+        child_conn.close()
+
+    def expect(self, kind: str, deadline: float):
+        """Wait for a message of `kind` ('ready' or 'result'); raise on child error or timeout."""
+        left = deadline - time.monotonic()
+        if left <= 0 or not self.conn.poll(left):
+            raise TimeoutError(f"bench child {self.proc.pid} sent no {kind!r} in time")
+        k, v = self.conn.recv()
+        if k == "error":
+            raise RuntimeError(f"bench child {self.proc.pid} failed: {v}")
+        if k != kind:
+            raise RuntimeError(f"bench child {self.proc.pid} sent {k!r}, expected {kind!r}")
+        return v
+
+    def send(self, msg: str) -> None:
+        """Send a control word to the child."""
+        self.conn.send(msg)
+
+    def stop(self) -> None:
+        """Reap the child; kill it (it is ours) if it did not finish."""
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+def _orchestrate(producer: tuple, consumers: list[tuple], timeout: float = RUN_TIMEOUT_S):
+    """Start the producer, then the consumers; release the producer once every consumer is ready.
+    Returns (producer result dict, [consumer result dict])."""
+    deadline = time.monotonic() + timeout
+    children = []
+    try:
+        prod = _Child(*producer)
+        children.append(prod)
+        prod.expect("ready", deadline)  # warmed up before consumers attach at the ring's head
+        cons = []
+        for spec in consumers:
+            cons.append(_Child(*spec))
+            children.append(cons[-1])
+        for c in cons:
+            c.expect("ready", deadline)
+        prod.send("go")
+        cres = [c.expect("result", deadline) for c in cons]
+        prod.send("finish")  # lets a producer with background I/O (zmq) take its CPU time last
+        pres = prod.expect("result", deadline)
+        return pres, cres
+    finally:
+        for ch in children:
+            ch.stop()
+
+
+# ---------------------------------------------------------------- helpers
+
+def _pretouch(buf) -> int:
+    """Read one byte per page of a shared mapping so its pages are mapped into this process:
+    first-touch page faults are not what the ring costs in steady state."""
+    return int(np.frombuffer(buf, dtype=np.uint8)[::PAGE].sum())
+
+
+def _ring_pretouch(r) -> None:
+    """Fault in a ring's descriptor ring and arena through mapping `r` (capfan_ring *)."""
+    st = ffi.new("capfan_ring_stats *")
+    lib.capfan_ring_stats_get(r, st)
+    _pretouch(ffi.buffer(lib.capfan_ring_desc(r), st.ndesc * 32))
+    _pretouch(ffi.buffer(lib.capfan_ring_arena(r), st.arena_bytes))
+
+
+def _last_error() -> str:
+    return ffi.string(lib.capfan_last_error()).decode(errors="replace")
+
+
+def _now() -> int:
+    return time.monotonic_ns()  # CLOCK_MONOTONIC: comparable across the forked processes
+
+
+def synth_batch(size: int, n: int, first: int = 0) -> np.ndarray:
+    """n Ethernet/IPv4/UDP frames of `size` bytes as an (n, size) uint8 array, shaped like the
+    C producer's frames (source port varies over NFLOWS flows)."""
+    hdr = bytes([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0,
+                 0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+                 0, 0, 0, 53, 0, 0, 0, 0])
+    f = np.zeros((n, size), dtype=np.uint8)
+    f[:, :42] = np.frombuffer(hdr, dtype=np.uint8)
+    f[:, 16], f[:, 17] = (size - 14) >> 8, (size - 14) & 0xFF
+    f[:, 38], f[:, 39] = (size - 34) >> 8, (size - 34) & 0xFF
+    sport = 1024 + (np.arange(first, first + n) % NFLOWS)
+    f[:, 34], f[:, 35] = sport >> 8, sport & 0xFF
+    return f
+
+
+# ---------------------------------------------------------------- ring roles (child processes)
+
+def _ring_producer(ctl, path: str, npkts: int, size: int, warm: int):
+    """Producer process: warm the ring up, then publish npkts frames with the C loop."""
+    p = lib.capfan_producer_open(path.encode())
+    if p == ffi.NULL:
+        raise RuntimeError(_last_error())
+    try:
+        r = lib.capfan_producer_ring(p)
+        _ring_pretouch(r)
+        cpu = ffi.new("uint64_t *")
+        lib.capfan_bench_produce(p, warm, size, NFLOWS, FLUSH_EVERY, cpu)  # nobody attached yet
+        st = ffi.new("capfan_ring_stats *")
+        lib.capfan_ring_stats_get(r, st)
+        blocked0 = st.blocked_ns
+        ctl.ready()
+        ctl.wait("go")
+        t0 = _now()
+        done = lib.capfan_bench_produce(p, npkts, size, NFLOWS, FLUSH_EVERY, cpu)
+        t1 = _now()
+        lib.capfan_ring_stats_get(r, st)
+        out = dict(published=int(done), cpu_ns=int(cpu[0]), start_ns=t0, end_ns=t1,
+                   blocked_ns=int(st.blocked_ns - blocked0))
+    finally:
+        lib.capfan_producer_close(p)
+    ctl.wait("finish")
+    return out
+
+
+def _c_consumer(ctl, path: str, name: str, npkts: int, policy: int):
+    """C consumer process: attach, then let capfan_bench_consume read npkts descriptors."""
+    cname = ffi.new("char[]", name.encode())
+    opts = ffi.new("capfan_consumer_opts *", {
+        "name": cname, "policy": policy, "stall_budget_us": STALL_BUDGET_US, "spin_us": int(os.environ.get("SPIN", "0")),
+        "group": ffi.NULL, "start": 0})
+    c = lib.capfan_consumer_attach(path.encode(), opts)
+    if c == ffi.NULL:
+        raise RuntimeError(_last_error())
+    try:
+        _ring_pretouch(lib.capfan_consumer_ring(c))
+        ctl.ready()
+        cpu, ck = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        delivered = lib.capfan_bench_consume(c, npkts, int(IDLE_TIMEOUT_S * 1e9), cpu, ck)
+        end = _now()
+        st = ffi.new("capfan_slot_stats *")
+        lib.capfan_consumer_stats(c, st)
+    finally:
+        lib.capfan_consumer_detach(c, 0)
+    return ConsumerResult(int(delivered), int(st.dropped), int(cpu[0]), end, int(ck[0]), int(st.demotions))
+
+
+def _py_consumer(ctl, path: str, name: str, npkts: int):
+    """Python batch consumer process: every descriptor of every batch goes through numpy."""
+    from capfan.ring import Consumer  # noqa: PLC0415 - after fork, in the child only
+
+    c = Consumer(path, name, policy="reliable", stall_budget_us=STALL_BUDGET_US, spin_us=0, batch=PY_BATCH)
+    try:
+        # the Consumer maps desc/arena already; fault the pages in as the C consumer does
+        _pretouch(c.ring._desc)
+        _pretouch(c.ring._arena)
+        ctl.ready()
+        seen = total = xor = 0
+        b = None
+        cpu0 = time.process_time_ns()
+        while seen < npkts:
+            b = c.next(timeout=IDLE_TIMEOUT_S)  # also releases the previous batch
+            if b is None:
+                break
+            d = b.desc
+            total += int(d["caplen"].sum())                # touch every descriptor: lengths ...
+            xor ^= int(np.bitwise_xor.reduce(d["hash"]))   # ... and flow hashes
+            seen += b.count
+        if b is not None:
+            b.release()
+        cpu = time.process_time_ns() - cpu0
+        end = _now()
+        st = c.stats()
+    finally:
+        c.close()
+    return ConsumerResult(st["delivered"], st["dropped"], cpu, end, total ^ xor, st["demotions"])
+
+
+# ---------------------------------------------------------------- ZeroMQ baseline roles
+
+HELLO, END = b"H", b"E"
+
+
+def _zmq_message(size: int, n: int) -> bytes:
+    """One batch message: u32 count, n u16 lengths, then the n frames back to back."""
+    lens = np.full(n, size, dtype="<u2")
+    return np.uint32(n).tobytes() + lens.tobytes() + synth_batch(size, n).tobytes()
+
+
+def _zmq_publisher(ctl, endpoint: str, npkts: int, size: int):
+    """PUB process: bind, greet subscribers until all are in (no slow-joiner loss), then send
+    npkts packets in ZMQ_BATCH-packet messages and an end marker."""
+    import zmq  # noqa: PLC0415
+
+    ctx = zmq.Context(io_threads=1)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # unbounded queue: PUB drops at the HWM, the ring never does
+    pub.setsockopt(zmq.LINGER, -1)
+    pub.bind(endpoint)
+    full = _zmq_message(size, ZMQ_BATCH)
+    ctl.ready()
+    while not ctl.poll("go"):
+        pub.send(HELLO)
+        time.sleep(0.002)
+    cpu0, t0 = time.process_time_ns(), _now()
+    sent = 0
+    while sent < npkts:
+        n = min(ZMQ_BATCH, npkts - sent)
+        pub.send(full if n == ZMQ_BATCH else _zmq_message(size, n))  # copy=True: zmq owns a copy
+        sent += n
+    t1 = _now()
+    pub.send(END)
+    ctl.wait("finish")  # subscribers have everything: the I/O thread's work is done too
+    cpu = time.process_time_ns() - cpu0  # includes the zmq I/O thread that writes to N sockets
+    pub.close()
+    ctx.term()
+    return dict(published=sent, cpu_ns=cpu, start_ns=t0, end_ns=t1, blocked_ns=0)
+
+
+def _zmq_subscriber(ctl, endpoint: str):
+    """SUB process: receive batches until the end marker, touching every packet with numpy."""
+    import zmq  # noqa: PLC0415
+
+    ctx = zmq.Context(io_threads=1)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.RCVTIMEO, int(IDLE_TIMEOUT_S * 1000))
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    sub.recv()  # raises zmq.Again if no hello arrives
+    ctl.ready()  # a hello arrived: the subscription is live, nothing sent from now on is lost
+    got = total = xor = 0
+    cpu0 = time.process_time_ns()
+    while True:
+        try:
+            buf = sub.recv(copy=False).buffer
+        except zmq.Again:
+            break  # publisher gone: report what arrived
+        if len(buf) == 1:
+            if bytes(buf) == END:
+                break
+            continue  # a late hello
+        n = int(np.frombuffer(buf, dtype="<u4", count=1)[0])
+        lens = np.frombuffer(buf, dtype="<u2", count=n, offset=4)
+        base = 4 + 2 * n
+        stride = int(lens[0])  # the bench sends equal-size frames back to back
+        ports = np.ndarray((n,), dtype="<u4", buffer=buf, offset=base + 34, strides=(stride,))
+        total += int(lens.sum())                    # every packet's length ...
+        xor ^= int(np.bitwise_xor.reduce(ports))    # ... and 4 bytes of every packet
+        got += n
+    cpu = time.process_time_ns() - cpu0
+    end = _now()
+    sub.close(linger=0)
+    ctx.term()
+    return ConsumerResult(got, 0, cpu, end, total ^ xor)
+
+
+# ---------------------------------------------------------------- per-consumer copy baseline roles
+
+def _copyq_producer(ctl, path: str, npkts: int, size: int):
+    """Copy-queue producer: every packet is copied into each consumer's own queue (C loop)."""
+    ctl.ready()
+    ctl.wait("go")
+    cpu = ffi.new("uint64_t *")
+    t0 = _now()
+    done = lib.capfan_bench_copyq_produce(path.encode(), npkts, size, cpu)
+    t1 = _now()
+    if done < 0:
+        raise RuntimeError(f"capfan_bench_copyq_produce failed on {path}")
+    ctl.wait("finish")
+    return dict(published=int(done), cpu_ns=int(cpu[0]), start_ns=t0, end_ns=t1, blocked_ns=0)
+
+
+def _copyq_consumer(ctl, path: str, q: int, npkts: int):
+    """Copy-queue consumer q (C loop)."""
+    ctl.ready()
+    cpu, ck = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    got = lib.capfan_bench_copyq_consume(path.encode(), q, npkts, cpu, ck)
+    end = _now()
+    if got < 0:
+        raise RuntimeError(f"capfan_bench_copyq_consume failed on {path}")
+    return ConsumerResult(int(got), 0, int(cpu[0]), end, int(ck[0]))
+
+
+# ---------------------------------------------------------------- one run per (method, size, N)
+
+_seq = iter(range(1 << 30))
+
+
+def _tmp_name(kind: str) -> str:
+    return f"bench-{os.getpid()}-{next(_seq)}-{kind}"
+
+
+def _ring_run(method: str, size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
+    """Ring producer plus n consumers of the method's kind, on a fresh ring."""
+    from capfan import ring as R  # noqa: PLC0415
+
+    name = _tmp_name("ring")
+    path = R.create(name, ndesc=geo.ndesc, arena_bytes=geo.arena_bytes, snaplen=2048)
+    try:
+        prod = (_ring_producer, path, npkts, size, geo.ndesc)
+        if method == "produce-only":
+            cons = []
+        elif method == "ring-py":
+            cons = [(_py_consumer, path, f"py{i}", npkts) for i in range(n)]
+        else:
+            policy = R.LOSSY if method == "ring-c-lossy" else R.RELIABLE
+            cons = [(_c_consumer, path, f"c{i}", npkts, policy) for i in range(n)]
+        pres, cres = _orchestrate(prod, cons)
+    finally:
+        os.unlink(path)
+    return _result(method, size, n, npkts, pres, cres)
+
+
+def _zmq_run(size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
+    """ZeroMQ PUB/SUB over ipc:// with n subscribers."""
+    sock = os.path.join(tempfile.gettempdir(), _tmp_name("zmq") + ".ipc")
+    try:
+        pres, cres = _orchestrate((_zmq_publisher, "ipc://" + sock, npkts, size),
+                                  [(_zmq_subscriber, "ipc://" + sock) for _ in range(n)])
+    finally:
+        if os.path.exists(sock):
+            os.unlink(sock)
+    return _result("zmq", size, n, npkts, pres, cres)
+
+
+def _copyq_run(size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
+    """Per-consumer copy queues in one shared-memory file next to the rings."""
+    from capfan.ring import ring_dir  # noqa: PLC0415
+
+    path = os.path.join(ring_dir(), _tmp_name("copyq"))
+    slot_bytes = (size + 4 + 63) // 64 * 64
+    slots = max(4096, 1 << ((geo.copyq_bytes // slot_bytes).bit_length() - 1))
+    if lib.capfan_bench_copyq_create(path.encode(), n, slots, slot_bytes) != 0:
+        raise RuntimeError(f"cannot create the copy-queue file {path}")
+    try:
+        _preallocate(path)
+        pres, cres = _orchestrate((_copyq_producer, path, npkts, size),
+                                  [(_copyq_consumer, path, q, npkts) for q in range(n)])
+    finally:
+        os.unlink(path)
+    return _result("copyq", size, n, npkts, pres, cres)
+
+
+def _preallocate(path: str) -> None:
+    """Allocate a tmpfs file's pages up front (its content stays zero) so the copy queues, which
+    cannot be warmed up through their API, do not pay page allocation inside the measurement."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError:
+        pass  # not supported there: the baseline just pays its first-touch faults
+    finally:
+        os.close(fd)
+
+
+def _result(method, size, n, npkts, pres: dict, cres: list) -> RunResult:
+    return RunResult(method=method, size=size, nconsumers=n, packets=npkts, published=pres["published"],
+                     producer_cpu_ns=pres["cpu_ns"], producer_start_ns=pres["start_ns"],
+                     producer_end_ns=pres["end_ns"], producer_blocked_ns=pres["blocked_ns"],
+                     consumers=list(cres))
+
+
+def run_one(method: str, size: int, n: int, npkts: int, geo: Geometry | None = None) -> RunResult:
+    """Measure one configuration; a failure is recorded in the result, not raised."""
+    geo = geo or Geometry()
+    try:
+        if method == "zmq":
+            return _zmq_run(size, n, npkts, geo)
+        if method == "copyq":
+            return _copyq_run(size, n, npkts, geo)
+        return _ring_run(method, size, n, npkts, geo)
+    except Exception as e:  # noqa: BLE001 - one broken configuration must not hide the others
+        return RunResult(method, size, n, npkts, error=f"{type(e).__name__}: {e}")
