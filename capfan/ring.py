@@ -132,6 +132,11 @@ def list_rings(directory: str | None = None) -> list[str]:
     return [os.path.join(d, n) for n in names if n.startswith(RING_PREFIX)]
 
 
+def _keeper(owner):
+    """An ffi.gc destructor that does nothing but keep `owner` referenced while it exists."""
+    return lambda _ptr: owner
+
+
 def _cstr(chars) -> str:
     return ffi.string(chars).decode(errors="replace")
 
@@ -161,23 +166,25 @@ class Event:
 class Ring:
     """Read-only view of a ring for inspection (stats, consumer table, events, recent packets)."""
 
-    def __init__(self, name: str, _ptr=None):
+    def __init__(self, name: str, _ptr=None, _owner=None):
         self.name = name
         self.path = ring_path(name)
         if _ptr is None:
             _ptr = lib.capfan_ring_open(self.path.encode())
             if _ptr == ffi.NULL:
                 _raise()
-            self._owned = True
-        else:
-            self._owned = False
+            _owner = _ptr = ffi.gc(_ptr, lib.capfan_ring_close)
         self._r = _ptr
         st = self.stats()
         self.ndesc = st["ndesc"]
         self.arena_bytes = st["arena_bytes"]
         self.linktype = st["linktype"]
-        self._desc = np.frombuffer(ffi.buffer(lib.capfan_ring_desc(self._r), self.ndesc * 32), DESC_DTYPE)
-        self._arena = ffi.buffer(lib.capfan_ring_arena(self._r), self.arena_bytes)
+        # Views hold `_owner` (the mapping's handle) alive: the memory is unmapped only when the
+        # last numpy array / memoryview over it is gone, so a stale view can never segfault.
+        desc = ffi.gc(lib.capfan_ring_desc(_ptr), _keeper(_owner))
+        arena = ffi.gc(lib.capfan_ring_arena(_ptr), _keeper(_owner))
+        self._desc = np.frombuffer(ffi.buffer(desc, self.ndesc * 32), DESC_DTYPE)
+        self._arena = ffi.buffer(arena, self.arena_bytes)
 
     def stats(self) -> dict:
         """Producer-side counters and geometry."""
@@ -224,11 +231,10 @@ class Ring:
         return [p for p in out if p[0] >= intact_from]
 
     def close(self) -> None:
-        """Unmap the ring."""
-        if self._r is not None and self._owned:
-            self._desc = None
-            lib.capfan_ring_close(self._r)
+        """Let go of the ring; it is unmapped once no view of it remains."""
         self._r = None
+        self._desc = None
+        self._arena = None
 
     def __enter__(self):
         return self
@@ -268,10 +274,11 @@ class Producer:
     def __init__(self, name: str):
         self.name = name
         self.path = ring_path(name)
-        self._p = lib.capfan_producer_open(self.path.encode())
-        if self._p == ffi.NULL:
+        p = lib.capfan_producer_open(self.path.encode())
+        if p == ffi.NULL:
             _raise()
-        self.ring = Ring(name, _ptr=lib.capfan_producer_ring(self._p))
+        self._p = ffi.gc(p, lib.capfan_producer_free)
+        self.ring = Ring(name, _ptr=lib.capfan_producer_ring(self._p), _owner=self._p)
         self.events = EventWatcher(self.ring)
         self.events.seen = 0  # report what happened before we started too
 
@@ -313,7 +320,6 @@ class Producer:
         """Flush and leave the ring (consumers may keep reading what is in it)."""
         if self._p is not None:
             self.events.poll()
-            self.ring._r = None
             lib.capfan_producer_close(self._p)
             self._p = None
 
@@ -390,13 +396,16 @@ class Batch:
 
     def torn(self) -> int:
         """How many of the batch's leading descriptors were overwritten since handed out."""
+        if self._c._c is None:
+            raise errors.RingError("the consumer of this batch is closed")
         return lib.capfan_consumer_torn(self._c._c, self._c._b)
 
     def release(self) -> int:
         """Give the batch back; returns how many packets were torn (counted as dropped)."""
         if not self._released:
             self._released = True
-            self._torn = lib.capfan_consumer_release(self._c._c, self._c._b)
+            if self._c._c is not None:
+                self._torn = lib.capfan_consumer_release(self._c._c, self._c._b)
             self._c._current = None
         return self._torn
 
@@ -423,10 +432,11 @@ class Consumer:
             "name": self._keep, "policy": POLICIES[policy], "stall_budget_us": stall_budget_us,
             "spin_us": spin_us, "group": self._gkeep, "group_member": member,
             "group_size": group_size if group else 0, "start": 0 if start == "head" else 1})
-        self._c = lib.capfan_consumer_attach(ring_path(ring).encode(), o)
-        if self._c == ffi.NULL:
+        c = lib.capfan_consumer_attach(ring_path(ring).encode(), o)
+        if c == ffi.NULL:
             _raise()
-        self.ring = Ring(ring, _ptr=lib.capfan_consumer_ring(self._c))
+        self._c = ffi.gc(c, lib.capfan_consumer_free)
+        self.ring = Ring(ring, _ptr=lib.capfan_consumer_ring(self._c), _owner=self._c)
         self._b = ffi.new("capfan_batch *")
         self._stats = ffi.new("capfan_slot_stats *")
         self._desc_ring = self.ring._desc
@@ -442,6 +452,8 @@ class Consumer:
         Taking a batch releases the previous one."""
         if self._current is not None:
             self._current.release()
+        if self._c is None:
+            raise errors.RingError(f"consumer {self.name!r} is closed")
         t = -1 if timeout is None else int(timeout * 1e9)
         n = lib.capfan_consumer_next(self._c, max_packets or self.batch_max, t, self._b)
         gen = lib.capfan_consumer_generation(self._c)
@@ -471,6 +483,8 @@ class Consumer:
 
     def stats(self) -> dict:
         """This consumer's slot: policy, cursor, delivered, dropped, filtered, demotions..."""
+        if self._c is None:
+            raise errors.RingError(f"consumer {self.name!r} is closed")
         lib.capfan_consumer_stats(self._c, self._stats)
         return _slot_dict(self._stats)
 
@@ -491,8 +505,6 @@ class Consumer:
         if self._c is not None:
             if self._current is not None:
                 self._current.release()
-            self.ring._r = None
-            self._desc_ring = None
             lib.capfan_consumer_detach(self._c, 1 if keep else 0)
             self._c = None
 

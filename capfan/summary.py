@@ -162,15 +162,15 @@ def _ethertype(pkt: bytes, lt: int, et: int, off: int, wirelen: int, macs: str =
 # ---------------------------------------------------------------- ARP
 
 def _arp(pkt: bytes, off: int, length: int) -> str:
-    """ARP/RARP as tcpdump prints it: `ARP, Request who-has T tell S, length N`."""
+    """ARP/RARP as tcpdump prints it: `ARP, Request who-has T tell S, length N` (RARP frames
+    also say ARP; the operation tells them apart)."""
     if off + 8 > len(pkt):
         return "ARP, [|arp]"
     htype, ptype, hln, pln, op = _u16(pkt, off), _u16(pkt, off + 2), pkt[off + 4], pkt[off + 5], _u16(pkt, off + 6)
-    name = "RARP" if op in (3, 4) else "ARP"
     if (htype, ptype, hln, pln) != (1, ETH_IP, 6, 4):
-        return f"{name}, hardware {htype} (len {hln}), protocol 0x{ptype:04x} (len {pln}), length {length}"
+        return f"ARP, hardware {htype} (len {hln}), protocol 0x{ptype:04x} (len {pln}), length {length}"
     if off + 28 > len(pkt):
-        return f"{name}, {ARP_OPS.get(op, f'Unknown ({op})')} [|arp]"
+        return f"ARP, {ARP_OPS.get(op, f'Unknown ({op})')} [|arp]"
     sha, spa = pkt[off + 8:off + 14], _addr(pkt[off + 14:off + 18])
     tha, tpa = pkt[off + 18:off + 24], _addr(pkt[off + 24:off + 28])
     if op == 1:
@@ -184,7 +184,7 @@ def _arp(pkt: bytes, off: int, length: int) -> str:
         text = f"Reverse Reply {_mac(tha)} at {tpa}"
     else:
         text = ARP_OPS.get(op, f"Unknown ({op})")
-    return f"{name}, {text}, length {length}"
+    return f"ARP, {text}, length {length}"
 
 
 # ---------------------------------------------------------------- IP
@@ -203,18 +203,18 @@ def _l3_by_parser(pkt: bytes, lt: int, wirelen: int, family: str) -> str:
 def _ipv4(pkt: bytes, info, wirelen: int) -> str:
     l3 = info.l3_off
     src, dst = _addr(bytes(info.src[0:4])), _addr(bytes(info.dst[0:4]))
-    ihl = (pkt[l3] & 15) * 4
-    total = info.ip_len
-    if ihl < 20 or (total and total < ihl):
-        return f"IP {src} > {dst}: [|ip]"
-    if total == 0:  # TSO/GSO capture: the kernel left the length to the NIC
-        total = max(wirelen - l3, ihl)
+    ihl, total = (pkt[l3] & 15) * 4, info.ip_len
+    if ihl < 20:
+        return f"IP {src} > {dst}: bad-hlen {ihl}"
+    if total < ihl:  # includes 0, which parse.c (and so the flow hash) also calls malformed
+        return f"IP {src} > {dst}: bad-len {total}"
+    missing = _missing(total, wirelen - l3, "ip")
     paylen = total - ihl
     frag = ""
     if info.flags & _F_FRAGMENT:
         more = "+" if pkt[l3 + 6] & 0x20 else ""
         frag = f" (frag {info.frag_id}:{paylen}@{info.frag_off * 8}{more})"
-    return _ip_common("IP", src, dst, pkt, info, paylen, frag)
+    return _ip_common("IP", src, dst, pkt, info, paylen, frag, missing)
 
 
 def _ipv6(pkt: bytes, info, wirelen: int) -> str:
@@ -223,9 +223,15 @@ def _ipv6(pkt: bytes, info, wirelen: int) -> str:
     total = _u16(pkt, l3 + 4) + 40
     if total == 40 and wirelen - l3 > 40:  # jumbogram / big TCP: payload length left 0
         total = wirelen - l3
+    missing = _missing(total, wirelen - l3, "ip6")
     frag = _ipv6_frag(pkt, l3, total) if info.flags & _F_FRAGMENT else ""
     hdrs = (info.l4_off - l3) if info.l4_off else 40
-    return _ip_common("IP6", src, dst, pkt, info, total - hdrs, frag)
+    return _ip_common("IP6", src, dst, pkt, info, total - hdrs, frag, missing)
+
+
+def _missing(total: int, avail: int, name: str) -> str:
+    """tcpdump's note for an IP length beyond the frame (lengths shown still follow the header)."""
+    return f" truncated-{name} - {total - avail} bytes missing!" if total > avail else ""
 
 
 def _ipv6_frag(pkt: bytes, l3: int, total: int) -> str:
@@ -247,14 +253,15 @@ def _ipv6_frag(pkt: bytes, l3: int, total: int) -> str:
     return " (frag)"
 
 
-def _ip_common(ipname: str, src: str, dst: str, pkt: bytes, info, paylen: int, frag: str) -> str:
-    """`IP src[.sport] > dst[.dport]: <transport summary>[ (frag ...)]`."""
+def _ip_common(ipname: str, src: str, dst: str, pkt: bytes, info, paylen: int, frag: str,
+               note: str = "") -> str:
+    """`IP[ note] src[.sport] > dst[.dport]: <transport summary>[ (frag ...)]`."""
     proto = info.proto
     later_frag = info.frag_off != 0
     if proto in PORT_PROTOS and not later_frag and info.flags & _F_L4:
-        head = f"{ipname} {src}.{info.sport} > {dst}.{info.dport}:"
+        head = f"{ipname}{note} {src}.{info.sport} > {dst}.{info.dport}:"
     else:
-        head = f"{ipname} {src} > {dst}:"
+        head = f"{ipname}{note} {src} > {dst}:"
     if later_frag:  # no transport header in this fragment
         return f"{head} {PORT_PROTOS.get(proto) or PROTO_NAMES.get(proto) or f'ip-proto-{proto}'}{frag}"
     if info.l4_off == 0 or paylen < 0:

@@ -63,6 +63,7 @@ const uint8_t *capfan_ring_arena(capfan_ring *r);
 
 capfan_producer *capfan_producer_open(const char *path);
 void capfan_producer_close(capfan_producer *p);
+void capfan_producer_free(capfan_producer *p);
 capfan_ring *capfan_producer_ring(capfan_producer *p);
 uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, int64_t timeout_ns);
 void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen, uint32_t wirelen,
@@ -75,6 +76,7 @@ uint64_t capfan_producer_dropped(capfan_producer *p);
 
 capfan_consumer *capfan_consumer_attach(const char *path, const capfan_consumer_opts *o);
 void capfan_consumer_detach(capfan_consumer *c, int keep);
+void capfan_consumer_free(capfan_consumer *c);
 int capfan_consumer_next(capfan_consumer *c, uint32_t max, int64_t timeout_ns, capfan_batch *b);
 uint32_t capfan_consumer_torn(capfan_consumer *c, const capfan_batch *b);
 uint32_t capfan_consumer_release(capfan_consumer *c, capfan_batch *b);

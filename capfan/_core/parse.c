@@ -3,6 +3,7 @@
 #include "parse.h"
 #include "ring.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #define ETH_P_IP 0x0800
@@ -134,7 +135,8 @@ static int parse_by_version(const uint8_t *pkt, uint32_t caplen, uint32_t off, c
 }
 
 int capfan_parse(const uint8_t *pkt, uint32_t caplen, uint32_t linktype, capfan_pkt_info *in) {
-    memset(in, 0, sizeof *in);
+    /* every field but the addresses (valid only with CAPFAN_F_L3); this runs per packet */
+    memset(in, 0, offsetof(capfan_pkt_info, src));
     switch (linktype) {
     case CAPFAN_LT_ETHERNET:
         return parse_ether(pkt, caplen, 0, in);
@@ -172,27 +174,42 @@ static inline uint64_t fmix64(uint64_t k) {
     return k;
 }
 
+static inline uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
+
+/* Compare two addresses as big-endian numbers: -1, 0, 1. */
+static inline int addr_cmp(const uint8_t *a, const uint8_t *b, int v6) {
+    if (!v6) {
+        uint32_t x = rd32(a), y = rd32(b);
+        return (x > y) - (x < y);
+    }
+    uint64_t x = rd64(a), y = rd64(b);
+    if (x == y) { x = rd64(a + 8); y = rd64(b + 8); }
+    return (x > y) - (x < y);
+}
+
 uint32_t capfan_flow_hash(const uint8_t *pkt, uint32_t caplen, uint32_t linktype, uint16_t *flags) {
     capfan_pkt_info in;
     capfan_parse(pkt, caplen, linktype, &in);
     *flags = (uint16_t)(*flags | in.flags);
     if (!(in.flags & CAPFAN_F_L3)) return 0;
-    uint32_t alen = in.ip_version == 6 ? 16 : 4;
+    int v6 = in.ip_version == 6;
     /* Fragments hash on addresses and protocol only so every fragment of a datagram lands
      * with its first fragment; ports take part otherwise. */
     uint16_t sp = in.sport, dp = in.dport;
     if ((in.flags & CAPFAN_F_FRAGMENT) || !(in.flags & CAPFAN_F_L4)) sp = dp = 0;
-    int c = memcmp(in.src, in.dst, alen);
+    int c = addr_cmp(in.src, in.dst, v6);
     const uint8_t *lo = in.src, *hi = in.dst;
     uint16_t lop = sp, hip = dp;
     if (c > 0 || (c == 0 && sp > dp)) { lo = in.dst; hi = in.src; lop = dp; hip = sp; }
-    uint64_t w[4] = {0, 0, 0, 0};
-    memcpy(&w[0], lo, alen > 8 ? 8 : alen);
-    if (alen == 16) memcpy(&w[1], lo + 8, 8);
-    memcpy(&w[2], hi, alen > 8 ? 8 : alen);
-    if (alen == 16) memcpy(&w[3], hi + 8, 8);
     uint64_t h = 0x9e3779b97f4a7c15ULL ^ in.proto;
-    for (int i = 0; i < 4; i++) h = mix64(h, w[i]);
+    if (v6) {
+        h = mix64(h, rd64(lo));
+        h = mix64(h, rd64(lo + 8));
+        h = mix64(h, rd64(hi));
+        h = mix64(h, rd64(hi + 8));
+    } else {
+        h = mix64(h, (uint64_t)rd32(lo) << 32 | rd32(hi));
+    }
     h = mix64(h, (uint64_t)lop << 16 | hip);
     return (uint32_t)(fmix64(h) >> 32);
 }

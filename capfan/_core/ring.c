@@ -104,6 +104,7 @@ struct capfan_producer {
     uint32_t rsv_len;
     uint64_t blocked_start, last_liveness;
     pid_t pid;
+    int closed;
 };
 
 struct capfan_consumer {
@@ -114,6 +115,7 @@ struct capfan_consumer {
     uint32_t *sel;
     uint32_t sel_cap;
     int outstanding;
+    int detached;
 };
 
 /* ---------------------------------------------------------------- errors, time, processes */
@@ -495,7 +497,7 @@ capfan_producer *capfan_producer_open(const char *path) {
 }
 
 void capfan_producer_close(capfan_producer *p) {
-    if (!p) return;
+    if (!p || p->closed) return;
     capfan_producer_flush(p);
     ctl_t *c = p->r.ctl;
     lock_ctl(c);
@@ -503,6 +505,12 @@ void capfan_producer_close(capfan_producer *p) {
     unlock_ctl(c);
     atomic_fetch_add(&c->wake, 1);
     futex(&c->wake, FUTEX_WAKE, INT_MAX, 0);
+    p->closed = 1;
+}
+
+void capfan_producer_free(capfan_producer *p) {
+    if (!p) return;
+    capfan_producer_close(p);
     free(p->pos);
     ring_unmap(&p->r);
     free(p);
@@ -763,10 +771,10 @@ capfan_consumer *capfan_consumer_attach(const char *path, const capfan_consumer_
 }
 
 void capfan_consumer_detach(capfan_consumer *k, int keep) {
-    if (!k) return;
+    if (!k || k->detached) return;
     ctl_t *c = k->r.ctl;
     lock_ctl(c);
-    if (k->s->pid == (uint32_t)getpid()) {
+    if (k->s->pid == (uint32_t)getpid() && k->s->state == CAPFAN_SLOT_ACTIVE) {
         log_event(c, CAPFAN_EV_DETACH, k->idx, k->s->cursor, k->s->name);
         if (keep) {
             k->s->state = CAPFAN_SLOT_DETACHED;
@@ -776,9 +784,15 @@ void capfan_consumer_detach(capfan_consumer *k, int keep) {
         }
     }
     unlock_ctl(c);
+    k->detached = 1;
     /* a reliable consumer leaving may unblock the producer */
     atomic_fetch_add(&c->prod_wake, 1);
     futex(&c->prod_wake, FUTEX_WAKE, 1, 0);
+}
+
+void capfan_consumer_free(capfan_consumer *k) {
+    if (!k) return;
+    capfan_consumer_detach(k, 0);
     free(k->sel);
     ring_unmap(&k->r);
     free(k);
@@ -822,6 +836,7 @@ static int wait_data(capfan_consumer *k, uint64_t cur, int64_t timeout_ns) {
 int capfan_consumer_next(capfan_consumer *k, uint32_t max, int64_t timeout_ns, capfan_batch *b) {
     ctl_t *c = k->r.ctl;
     capfan_slot *s = k->s;
+    if (k->detached) return fail(CAPFAN_EINVAL, "consumer is detached");
     if (k->outstanding) return fail(CAPFAN_EINVAL, "release the previous batch before taking the next");
     if (s->state != CAPFAN_SLOT_ACTIVE || s->pid != (uint32_t)getpid())
         return fail(CAPFAN_EINVAL, "consumer slot %u was taken over (was this consumer declared dead?)", k->idx);

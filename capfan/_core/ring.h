@@ -185,7 +185,10 @@ const uint8_t *capfan_ring_arena(capfan_ring *r);
 /* Become the ring's producer. A previous producer must be dead; its consumers carry on
  * (generation is bumped, sequence numbers continue). */
 capfan_producer *capfan_producer_open(const char *path);
+/* Flush and give up the producer role (the mapping stays valid until capfan_producer_free). */
 void capfan_producer_close(capfan_producer *p);
+/* Close if needed, unmap and free. */
+void capfan_producer_free(capfan_producer *p);
 capfan_ring *capfan_producer_ring(capfan_producer *p);
 /* Reserve arena space for a packet of caplen bytes; NULL when the ring is full and the policy
  * says drop (counted) or, with block, after timeout_ns of waiting (-1 = wait for ever). */
@@ -205,8 +208,11 @@ uint64_t capfan_producer_dropped(capfan_producer *p);
 
 /* ---- consumer ---- */
 capfan_consumer *capfan_consumer_attach(const char *path, const capfan_consumer_opts *o);
-/* Leave: the slot is freed (name forgotten) unless keep != 0 (then a re-attach resumes). */
+/* Leave: the slot is freed (name forgotten) unless keep != 0 (then a re-attach resumes).
+ * The mapping stays valid (batches can still be read) until capfan_consumer_free. */
 void capfan_consumer_detach(capfan_consumer *c, int keep);
+/* Detach if needed (keep = 0), unmap and free. */
+void capfan_consumer_free(capfan_consumer *c);
 /* Next batch of at most max descriptors. Waits up to timeout_ns (0 = poll, -1 = for ever).
  * Returns the number of descriptors covered (0 on timeout) or -error. The previous batch must
  * have been released. */

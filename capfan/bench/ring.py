@@ -38,28 +38,42 @@ NFLOWS = 1024                     # synthetic flows (source ports) the producer 
 FLUSH_EVERY = 64                  # producer publishes (and wakes sleepers) every 64 packets: a NIC burst
 PY_BATCH = 8192                   # Python consumer batch size
 ZMQ_BATCH = 256                   # packets per ZeroMQ message
+SPIN_DIAG_US = 50                 # spin of the diagnostic ring-c-lossy-spin consumers
 STALL_BUDGET_US = 30_000_000      # reliable consumers must never be demoted during a bench run
 IDLE_TIMEOUT_S = 10.0             # a consumer seeing nothing for this long gives up (producer died)
 RUN_TIMEOUT_S = 300.0             # whole-run watchdog
 PAGE = 4096
 
-METHODS = ("produce-only", "ring-c", "ring-py", "ring-c-lossy", "zmq", "copyq")
-METHOD_INFO = {
-    "produce-only": "ring producer, no consumer attached (reference)",
+#: method -> (description, how the consumers run). Order is the table's row order.
+METHODS = {
+    "produce-only": "ring producer alone, no consumer attached (reference for producer ns/pkt)",
     "ring-c": "ring, reliable C consumers (read 8 B of every packet)",
-    "ring-py": "ring, reliable Python batch consumers (numpy over every descriptor)",
-    "ring-c-lossy": "ring, lossy C consumers (never hold the producer)",
-    "zmq": "baseline: ZeroMQ PUB/SUB ipc://, 256 pkts/msg, Python subscribers (numpy)",
-    "copyq": "baseline: producer copies each packet into N SPSC shm queues, C consumers",
+    "ring-py": "ring, reliable Python batch consumers (numpy over every descriptor, batch 8192)",
+    "ring-c-lossy": "ring, lossy C consumers: never hold the producer -> producer fan-out cost",
+    "ring-c-lossy-spin": f"diagnostic: as ring-c-lossy, consumers busy-poll {SPIN_DIAG_US} us before sleeping",
+    "zmq": f"baseline: ZeroMQ PUB/SUB over ipc://, {ZMQ_BATCH} pkts/message, Python subscribers (numpy)",
+    "copyq": "baseline: producer copies every packet into N SPSC shm queues, C consumers",
 }
+RING_METHODS = ("ring-c", "ring-py", "ring-c-lossy", "ring-c-lossy-spin")
+BASELINES = ("zmq", "copyq")
 
 
 @dataclass
-class Geometry:
-    """Ring and queue sizes used by every run."""
+class Settings:
+    """Geometry and knobs shared by every run of one bench invocation."""
     ndesc: int = 1 << 18
     arena_bytes: int = 256 << 20
     copyq_bytes: int = 32 << 20   # per consumer queue
+    spin_us: int = 0              # ring consumers' spin before sleeping (0 = the ring's default)
+
+
+def packets_for(method: str, size: int, packets: int) -> int:
+    """Packets one run of `method` publishes: the baselines and big frames are slower per packet,
+    so they get fewer packets to keep each run around a second (rates do not depend on it)."""
+    n = packets if size <= 256 else packets // 2
+    if method == "zmq":
+        n = n // 2 if size <= 256 else n // 4
+    return max(n, 1)
 
 
 @dataclass
@@ -71,6 +85,7 @@ class ConsumerResult:
     end_ns: int
     checksum: int
     demotions: int = 0
+    batches: int = 0
 
 
 @dataclass
@@ -297,11 +312,11 @@ def _ring_producer(ctl, path: str, npkts: int, size: int, warm: int):
     return out
 
 
-def _c_consumer(ctl, path: str, name: str, npkts: int, policy: int):
+def _c_consumer(ctl, path: str, name: str, npkts: int, policy: int, spin_us: int):
     """C consumer process: attach, then let capfan_bench_consume read npkts descriptors."""
     cname = ffi.new("char[]", name.encode())
     opts = ffi.new("capfan_consumer_opts *", {
-        "name": cname, "policy": policy, "stall_budget_us": STALL_BUDGET_US, "spin_us": int(os.environ.get("SPIN", "0")),
+        "name": cname, "policy": policy, "stall_budget_us": STALL_BUDGET_US, "spin_us": spin_us,
         "group": ffi.NULL, "start": 0})
     c = lib.capfan_consumer_attach(path.encode(), opts)
     if c == ffi.NULL:
@@ -319,17 +334,18 @@ def _c_consumer(ctl, path: str, name: str, npkts: int, policy: int):
     return ConsumerResult(int(delivered), int(st.dropped), int(cpu[0]), end, int(ck[0]), int(st.demotions))
 
 
-def _py_consumer(ctl, path: str, name: str, npkts: int):
+def _py_consumer(ctl, path: str, name: str, npkts: int, spin_us: int):
     """Python batch consumer process: every descriptor of every batch goes through numpy."""
     from capfan.ring import Consumer  # noqa: PLC0415 - after fork, in the child only
 
-    c = Consumer(path, name, policy="reliable", stall_budget_us=STALL_BUDGET_US, spin_us=0, batch=PY_BATCH)
+    c = Consumer(path, name, policy="reliable", stall_budget_us=STALL_BUDGET_US, spin_us=spin_us,
+                 batch=PY_BATCH)
     try:
         # the Consumer maps desc/arena already; fault the pages in as the C consumer does
         _pretouch(c.ring._desc)
         _pretouch(c.ring._arena)
         ctl.ready()
-        seen = total = xor = 0
+        seen = total = xor = nb = 0
         b = None
         cpu0 = time.process_time_ns()
         while seen < npkts:
@@ -340,6 +356,7 @@ def _py_consumer(ctl, path: str, name: str, npkts: int):
             total += int(d["caplen"].sum())                # touch every descriptor: lengths ...
             xor ^= int(np.bitwise_xor.reduce(d["hash"]))   # ... and flow hashes
             seen += b.count
+            nb += 1
         if b is not None:
             b.release()
         cpu = time.process_time_ns() - cpu0
@@ -347,7 +364,7 @@ def _py_consumer(ctl, path: str, name: str, npkts: int):
         st = c.stats()
     finally:
         c.close()
-    return ConsumerResult(st["delivered"], st["dropped"], cpu, end, total ^ xor, st["demotions"])
+    return ConsumerResult(st["delivered"], st["dropped"], cpu, end, total ^ xor, st["demotions"], nb)
 
 
 # ---------------------------------------------------------------- ZeroMQ baseline roles
@@ -403,7 +420,7 @@ def _zmq_subscriber(ctl, endpoint: str):
     sub.connect(endpoint)
     sub.recv()  # raises zmq.Again if no hello arrives
     ctl.ready()  # a hello arrived: the subscription is live, nothing sent from now on is lost
-    got = total = xor = 0
+    got = total = xor = nb = 0
     cpu0 = time.process_time_ns()
     while True:
         try:
@@ -422,11 +439,12 @@ def _zmq_subscriber(ctl, endpoint: str):
         total += int(lens.sum())                    # every packet's length ...
         xor ^= int(np.bitwise_xor.reduce(ports))    # ... and 4 bytes of every packet
         got += n
+        nb += 1
     cpu = time.process_time_ns() - cpu0
     end = _now()
     sub.close(linger=0)
     ctx.term()
-    return ConsumerResult(got, 0, cpu, end, total ^ xor)
+    return ConsumerResult(got, 0, cpu, end, total ^ xor, 0, nb)
 
 
 # ---------------------------------------------------------------- per-consumer copy baseline roles
@@ -465,28 +483,28 @@ def _tmp_name(kind: str) -> str:
     return f"bench-{os.getpid()}-{next(_seq)}-{kind}"
 
 
-def _ring_run(method: str, size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
+def _ring_run(method: str, size: int, n: int, npkts: int, cfg: Settings) -> RunResult:
     """Ring producer plus n consumers of the method's kind, on a fresh ring."""
     from capfan import ring as R  # noqa: PLC0415
 
-    name = _tmp_name("ring")
-    path = R.create(name, ndesc=geo.ndesc, arena_bytes=geo.arena_bytes, snaplen=2048)
+    path = R.create(_tmp_name("ring"), ndesc=cfg.ndesc, arena_bytes=cfg.arena_bytes, snaplen=2048)
     try:
-        prod = (_ring_producer, path, npkts, size, geo.ndesc)
+        spin = SPIN_DIAG_US if method == "ring-c-lossy-spin" else cfg.spin_us
         if method == "produce-only":
             cons = []
         elif method == "ring-py":
-            cons = [(_py_consumer, path, f"py{i}", npkts) for i in range(n)]
+            cons = [(_py_consumer, path, f"py{i}", npkts, spin) for i in range(n)]
         else:
-            policy = R.LOSSY if method == "ring-c-lossy" else R.RELIABLE
-            cons = [(_c_consumer, path, f"c{i}", npkts, policy) for i in range(n)]
-        pres, cres = _orchestrate(prod, cons)
+            policy = R.RELIABLE if method == "ring-c" else R.LOSSY
+            cons = [(_c_consumer, path, f"c{i}", npkts, policy, spin) for i in range(n)]
+        # warm-up: one lap of the descriptor ring before anyone attaches
+        pres, cres = _orchestrate((_ring_producer, path, npkts, size, cfg.ndesc), cons)
     finally:
         os.unlink(path)
     return _result(method, size, n, npkts, pres, cres)
 
 
-def _zmq_run(size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
+def _zmq_run(size: int, n: int, npkts: int) -> RunResult:
     """ZeroMQ PUB/SUB over ipc:// with n subscribers."""
     sock = os.path.join(tempfile.gettempdir(), _tmp_name("zmq") + ".ipc")
     try:
@@ -498,13 +516,13 @@ def _zmq_run(size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
     return _result("zmq", size, n, npkts, pres, cres)
 
 
-def _copyq_run(size: int, n: int, npkts: int, geo: Geometry) -> RunResult:
+def _copyq_run(size: int, n: int, npkts: int, cfg: Settings) -> RunResult:
     """Per-consumer copy queues in one shared-memory file next to the rings."""
     from capfan.ring import ring_dir  # noqa: PLC0415
 
     path = os.path.join(ring_dir(), _tmp_name("copyq"))
     slot_bytes = (size + 4 + 63) // 64 * 64
-    slots = max(4096, 1 << ((geo.copyq_bytes // slot_bytes).bit_length() - 1))
+    slots = max(4096, 1 << ((cfg.copyq_bytes // slot_bytes).bit_length() - 1))
     if lib.capfan_bench_copyq_create(path.encode(), n, slots, slot_bytes) != 0:
         raise RuntimeError(f"cannot create the copy-queue file {path}")
     try:
@@ -535,14 +553,14 @@ def _result(method, size, n, npkts, pres: dict, cres: list) -> RunResult:
                      consumers=list(cres))
 
 
-def run_one(method: str, size: int, n: int, npkts: int, geo: Geometry | None = None) -> RunResult:
+def run_one(method: str, size: int, n: int, npkts: int, cfg: Settings | None = None) -> RunResult:
     """Measure one configuration; a failure is recorded in the result, not raised."""
-    geo = geo or Geometry()
+    cfg = cfg or Settings()
     try:
         if method == "zmq":
-            return _zmq_run(size, n, npkts, geo)
+            return _zmq_run(size, n, npkts)
         if method == "copyq":
-            return _copyq_run(size, n, npkts, geo)
-        return _ring_run(method, size, n, npkts, geo)
+            return _copyq_run(size, n, npkts, cfg)
+        return _ring_run(method, size, n, npkts, cfg)
     except Exception as e:  # noqa: BLE001 - one broken configuration must not hide the others
         return RunResult(method, size, n, npkts, error=f"{type(e).__name__}: {e}")

@@ -27,6 +27,6 @@ int main(int argc, char **argv) {
         capfan_consumer_release(c, &b);
     }
     printf("%llu %llu\n", got, bytes);
-    capfan_consumer_detach(c, 0);
+    capfan_consumer_free(c);
     return 0;
 }
