@@ -196,6 +196,10 @@ class Ring:
             "linktype", "snaplen", "full_policy", "producer_alive", "nconsumers", "hugepages",
             "arena_bytes", "file_bytes")}
 
+    def port_linktype(self, port: int) -> int:
+        """pcap link type of packets captured on `port`."""
+        return lib.capfan_ring_port_linktype(self._r, port)
+
     def consumers(self) -> list[dict]:
         """Every used slot of the consumer table."""
         out = []
@@ -311,6 +315,11 @@ class Producer:
         self.events.poll()
         return done
 
+    def set_linktype(self, port: int, linktype: int) -> None:
+        """Declare the link type of packets published on `port` (pcapng interfaces, queues)."""
+        if lib.capfan_producer_set_linktype(self._p, port, linktype) != 0:
+            _raise()
+
     @property
     def dropped(self) -> int:
         """Packets dropped because the ring was full (drop policy or reserve timeout)."""
@@ -367,6 +376,19 @@ class Batch:
 
     def __len__(self) -> int:
         return self.nsel
+
+    def wirelens(self) -> np.ndarray:
+        """Wire lengths of the selected packets as uint32, including lengths above 65535
+        (stored after the packet bytes when CAPFAN_F_WIRELEN_SAT is set)."""
+        d = self.desc
+        wl = d["wirelen"].astype(np.uint32)
+        big = np.flatnonzero(d["flags"] & F_WIRELEN_SAT)
+        if big.size:
+            a = self._c._arena_np
+            for i in big.tolist():
+                t = int(d["off"][i]) + int(d["caplen"][i])
+                wl[i] = int.from_bytes(a[t:t + 4].tobytes(), "little")
+        return wl
 
     def packet(self, i: int) -> memoryview:
         """Bytes of selected packet i, in place."""

@@ -12,7 +12,7 @@ import socket
 from capfan._capfan_core import ffi, lib
 
 # capfan_pkt_info.flags bits (ring.h)
-_F_L3, _F_L4, _F_FRAGMENT, _F_MALFORMED = 16, 32, 128, 256
+_F_L3, _F_L4, _F_FRAGMENT = 16, 32, 128
 
 ETH_IP, ETH_IP6, ETH_ARP, ETH_RARP = 0x0800, 0x86DD, 0x0806, 0x8035
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
@@ -27,10 +27,10 @@ PROTO_NAMES = {2: "IGMP", 4: "IPIP", 41: "IP6-in-IP", 46: "RSVP", 47: "GRE", 50:
 TCP_FLAGS = ((0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"), (0x10, "."), (0x20, "U"),
              (0x40, "E"), (0x80, "W"))
 
-ICMP_TYPES = {0: "echo reply", 4: "source quench", 9: "router advertisement",
+ICMP_TYPES = {0: "echo reply", 4: "source quench", 8: "echo request", 9: "router advertisement",
               10: "router solicitation", 12: "parameter problem", 13: "time stamp request",
               14: "time stamp reply", 15: "information request", 16: "information reply",
-              17: "address mask request", 18: "address mask reply", 8: "echo request"}
+              17: "address mask request", 18: "address mask reply"}
 ICMP_TIMXCEED = {0: "time exceeded in-transit", 1: "ip reassembly time exceeded"}
 ICMP_REDIRECT = {0: "net", 1: "host", 2: "tos net", 3: "tos host"}
 ICMP6_TYPES = {1: "destination unreachable", 2: "packet too big", 3: "time exceeded in-transit",
@@ -96,7 +96,7 @@ def _addr(raw: bytes) -> str:
 # ---------------------------------------------------------------- link layer
 
 def _link(pkt: bytes, lt: int, wirelen: int) -> str:
-    """Dispatch on the link type: find the L2 payload (ethertype, offset) and any VLAN prefix."""
+    """Dispatch on the link type to the printer of its L2 header (or straight to IP)."""
     if lt == 1:
         return _ether(pkt, wirelen)
     if lt in (101, 12, 14, 228, 229):
@@ -133,6 +133,7 @@ def _ether(pkt: bytes, wirelen: int) -> str:
 
 
 def _llc(pkt: bytes, off: int, wirelen: int) -> str:
+    """802.2 LLC header of an 802.3 frame (STP, IS-IS, IPX...): only its SAPs, not the protocol."""
     if off + 3 > len(pkt):
         return f"802.3, length {wirelen} [|llc]"
     return f"802.3 LLC, dsap 0x{pkt[off]:02x}, ssap 0x{pkt[off + 1]:02x}, length {wirelen}"
@@ -379,6 +380,7 @@ def _icmp_unreach(pkt: bytes, off: int, code: int) -> str:
 
 
 def _icmp_redirect(pkt: bytes, off: int, code: int) -> str:
+    """`redirect 10.0.0.9 to host 10.0.0.254`: quoted destination and the new gateway."""
     inner = _inner_ip(pkt, off + 8)
     if inner is None or off + 8 > len(pkt):
         return "redirect [|icmp]"

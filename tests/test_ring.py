@@ -612,3 +612,18 @@ def test_views_stay_valid_after_close_and_remove(ring_dir):
     # the mapping lives as long as a view of it does: reading it is safe, never a segfault
     assert desc["seq"].tolist() == list(range(10))
     assert packet_ok(bytes(first))
+
+
+def test_wire_length_above_64k_and_port_linktypes(ring_dir):
+    R.create("big", ndesc=256, arena_bytes=1 << 20, snaplen=9000)
+    with R.Producer("big") as p, R.Consumer("big", "c") as c:
+        p.set_linktype(3, 101)  # raw IP on port 3, the ring default (Ethernet) elsewhere
+        assert p.ring.port_linktype(3) == 101 and p.ring.port_linktype(0) == 1
+        raw = ipv4("10.0.0.1", "10.0.0.2", 17, 5, 6, b"q" * 100)
+        p.publish([b"\0" * 9000, raw], wirelens=[80000, len(raw)], port=3)
+        b = c.next(timeout=0)
+        d = b.desc
+        assert d["wirelen"][0] == 65535 and d["flags"][0] & R.F_WIRELEN_SAT and d["flags"][0] & R.F_TRUNCATED
+        assert b.wirelens().tolist() == [80000, len(raw)]
+        assert d["flags"][1] & R.F_L4  # parsed as raw IP thanks to the port's link type
+        assert d["hash"][1] == hash_of(ipv4("10.0.0.2", "10.0.0.1", 17, 6, 5, b"q" * 100))

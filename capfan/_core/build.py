@@ -58,14 +58,17 @@ int capfan_ring_stats_get(capfan_ring *r, capfan_ring_stats *out);
 int capfan_ring_slot_get(capfan_ring *r, uint32_t i, capfan_slot_stats *out);
 uint64_t capfan_ring_event_count(capfan_ring *r);
 int capfan_ring_events(capfan_ring *r, capfan_event *out, uint32_t n);
+uint32_t capfan_ring_port_linktype(capfan_ring *r, uint32_t port);
 const capfan_desc *capfan_ring_desc(capfan_ring *r);
+uint32_t capfan_desc_wirelen(const capfan_desc *d, const uint8_t *arena);
 const uint8_t *capfan_ring_arena(capfan_ring *r);
 
 capfan_producer *capfan_producer_open(const char *path);
 void capfan_producer_close(capfan_producer *p);
 void capfan_producer_free(capfan_producer *p);
 capfan_ring *capfan_producer_ring(capfan_producer *p);
-uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, int64_t timeout_ns);
+uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t wirelen, int64_t timeout_ns);
+int capfan_producer_set_linktype(capfan_producer *p, uint32_t port, uint32_t linktype);
 void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen, uint32_t wirelen,
                             uint16_t port, uint16_t flags);
 void capfan_producer_flush(capfan_producer *p);

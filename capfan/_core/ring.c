@@ -75,6 +75,7 @@ typedef struct ctl {
     uint32_t slots_hiwater;
     _Atomic uint64_t ev_next;
     capfan_event ev[CAPFAN_EVENTS];
+    uint32_t port_linktype[CAPFAN_PORTS];
 } ctl_t;
 
 _Static_assert(sizeof(capfan_desc) == 32, "descriptor must be 32 bytes");
@@ -101,6 +102,7 @@ struct capfan_producer {
     uint64_t wpos;        /* monotonic arena write position */
     uint64_t *pos;        /* monotonic arena position of each descriptor slot */
     uint64_t rsv_pos;     /* reserved packet */
+    uint64_t rsv_alloc;   /* arena bytes reserved for it */
     uint32_t rsv_len;
     uint64_t blocked_start, last_liveness;
     pid_t pid;
@@ -266,6 +268,7 @@ int capfan_ring_create(const char *path, const capfan_geometry *g, uint32_t mode
     c->ndesc = g->ndesc;
     c->max_consumers = maxc;
     c->linktype = g->linktype;
+    for (uint32_t i = 0; i < CAPFAN_PORTS; i++) c->port_linktype[i] = g->linktype;
     c->snaplen = snaplen;
     c->full_policy = g->full_policy;
     c->hugepages = (uint32_t)huge;
@@ -368,6 +371,10 @@ void capfan_ring_close(capfan_ring *r) {
 }
 
 const capfan_desc *capfan_ring_desc(capfan_ring *r) { return r->desc; }
+
+uint32_t capfan_ring_port_linktype(capfan_ring *r, uint32_t port) {
+    return port < CAPFAN_PORTS ? r->ctl->port_linktype[port] : r->ctl->linktype;
+}
 const uint8_t *capfan_ring_arena(capfan_ring *r) { return r->arena; }
 
 int capfan_ring_stats_get(capfan_ring *r, capfan_ring_stats *o) {
@@ -478,7 +485,11 @@ capfan_producer *capfan_producer_open(const char *path) {
         prev_off = d->off;
         p->pos[s & mask] = pos;
     }
-    p->wpos = head > tail ? p->pos[(head - 1) & mask] + align_up(p->r.desc[(head - 1) & mask].caplen, CAPFAN_ARENA_ALIGN) : 0;
+    if (head > tail) {
+        const capfan_desc *last = &p->r.desc[(head - 1) & mask];
+        uint64_t extra = (last->flags & CAPFAN_F_WIRELEN_SAT) ? 4 : 0;
+        p->wpos = p->pos[(head - 1) & mask] + align_up((uint64_t)(last->caplen ? last->caplen : 1) + extra, CAPFAN_ARENA_ALIGN);
+    }
     p->head = head;
     p->tail = tail;
     p->limit = tail;
@@ -598,10 +609,21 @@ static void wait_for_consumers(capfan_producer *p, uint64_t budget_ns) {
     atomic_store(&c->prod_waiting, 0);
 }
 
-uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, int64_t timeout_ns) {
+int capfan_producer_set_linktype(capfan_producer *p, uint32_t port, uint32_t linktype) {
+    if (port >= CAPFAN_PORTS) return fail(CAPFAN_EINVAL, "port %u has no link type slot (max %u)", port, CAPFAN_PORTS - 1);
+    p->r.ctl->port_linktype[port] = linktype;
+    return 0;
+}
+
+/* Arena bytes a packet takes: its bytes, plus the full wire length when that exceeds 16 bits. */
+static inline uint64_t arena_len(uint32_t caplen, uint32_t wirelen) {
+    return align_up((uint64_t)(caplen ? caplen : 1) + (wirelen > 0xFFFF ? 4 : 0), CAPFAN_ARENA_ALIGN);
+}
+
+uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t wirelen, int64_t timeout_ns) {
     ctl_t *c = p->r.ctl;
     if (caplen > c->snaplen) caplen = c->snaplen;
-    uint64_t len = align_up(caplen ? caplen : 1, CAPFAN_ARENA_ALIGN);
+    uint64_t len = arena_len(caplen, wirelen);
     uint64_t at;
     if (make_room(p, len, &at) != 0) {
         /* Full: reliable consumers hold the space. Enforce liveness and stall budgets (at most
@@ -627,6 +649,7 @@ uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, int64_t ti
     }
     p->rsv_pos = at;
     p->rsv_len = caplen;
+    p->rsv_alloc = len;
     return p->r.arena + at % c->arena_bytes;
 }
 
@@ -637,18 +660,23 @@ void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen,
     uint64_t seq = p->head;
     capfan_desc *d = &p->r.desc[seq & p->r.mask];
     const uint8_t *pkt = p->r.arena + p->rsv_pos % c->arena_bytes;
-    if (wirelen > 0xFFFF) { flags |= CAPFAN_F_WIRELEN_SAT; wirelen = 0xFFFF; }
     if (caplen < wirelen) flags |= CAPFAN_F_TRUNCATED;
+    if (wirelen > 0xFFFF && p->rsv_alloc >= (uint64_t)caplen + 4) {
+        uint8_t *t = (uint8_t *)pkt + caplen; /* full length after the bytes: capfan_desc_wirelen */
+        t[0] = (uint8_t)wirelen; t[1] = (uint8_t)(wirelen >> 8); t[2] = (uint8_t)(wirelen >> 16); t[3] = (uint8_t)(wirelen >> 24);
+        flags |= CAPFAN_F_WIRELEN_SAT;
+    }
+    if (wirelen > 0xFFFF) wirelen = 0xFFFF;
     d->ts_ns = ts_ns;
     d->off = (uint32_t)(p->rsv_pos % c->arena_bytes);
     d->caplen = (uint16_t)caplen;
     d->wirelen = (uint16_t)wirelen;
     d->port = port;
-    d->hash = capfan_flow_hash(pkt, caplen, c->linktype, &flags);
+    d->hash = capfan_flow_hash(pkt, caplen, port < CAPFAN_PORTS ? c->port_linktype[port] : c->linktype, &flags);
     d->flags = flags;
     atomic_store_explicit((_Atomic uint64_t *)&d->seq, seq, memory_order_release);
     p->pos[seq & p->r.mask] = p->rsv_pos;
-    p->wpos = p->rsv_pos + align_up(caplen ? caplen : 1, CAPFAN_ARENA_ALIGN);
+    p->wpos = p->rsv_pos + p->rsv_alloc;
     p->head = seq + 1;
     c->bytes += caplen;
 }
@@ -671,11 +699,12 @@ int64_t capfan_producer_publish(capfan_producer *p, const uint8_t *buf, const ui
                                 const uint64_t *ts_ns, uint32_t n, uint16_t port) {
     int64_t done = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint8_t *dst = capfan_producer_reserve(p, caplens[i], -1);
+        uint32_t wl = wirelens ? wirelens[i] : caplens[i];
+        uint8_t *dst = capfan_producer_reserve(p, caplens[i], wl, -1);
         if (!dst) continue;
         uint32_t cl = caplens[i] < p->rsv_len ? caplens[i] : p->rsv_len;
         memcpy(dst, buf + offs[i], cl);
-        capfan_producer_commit(p, ts_ns ? ts_ns[i] : now_real(), cl, wirelens ? wirelens[i] : caplens[i], port, 0);
+        capfan_producer_commit(p, ts_ns ? ts_ns[i] : now_real(), cl, wl, port, 0);
         done++;
     }
     p->r.ctl->heartbeat_ns = now_mono();

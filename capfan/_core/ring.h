@@ -24,6 +24,7 @@ extern "C" {
 #define CAPFAN_EVENTS 64u             /* event log entries kept in the control page */
 #define CAPFAN_ARENA_ALIGN 64u        /* packets start on a cache line */
 #define CAPFAN_MAX_CAPLEN 65535u
+#define CAPFAN_PORTS 256u          /* ports with their own link type (pcapng interfaces, queues) */
 
 /* One packet descriptor, 32 bytes, two per cache line. `seq` is written last (release). */
 typedef struct capfan_desc {
@@ -31,7 +32,7 @@ typedef struct capfan_desc {
     uint64_t ts_ns;   /* capture timestamp, ns since the epoch */
     uint32_t off;     /* byte offset of the packet in the arena */
     uint16_t caplen;  /* bytes stored */
-    uint16_t wirelen; /* bytes on the wire (saturates at 65535, see CAPFAN_F_WIRELEN_SAT) */
+    uint16_t wirelen; /* bytes on the wire; 65535 + CAPFAN_F_WIRELEN_SAT: see capfan_desc_wirelen */
     uint32_t hash;    /* symmetric flow hash: both directions of a flow get the same value */
     uint16_t port;    /* capture port / queue / pcapng interface the packet came from */
     uint16_t flags;   /* CAPFAN_F_* */
@@ -156,6 +157,13 @@ typedef struct capfan_ring_stats {
     uint64_t arena_bytes, file_bytes;
 } capfan_ring_stats;
 
+/* Wire length of a packet, also when it exceeds 65535 (then stored after the packet bytes). */
+static inline uint32_t capfan_desc_wirelen(const capfan_desc *d, const uint8_t *arena) {
+    if (!(d->flags & CAPFAN_F_WIRELEN_SAT)) return d->wirelen;
+    const uint8_t *t = arena + d->off + d->caplen;
+    return (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
+}
+
 typedef struct capfan_ring capfan_ring;         /* a mapping of a ring file */
 typedef struct capfan_producer capfan_producer;
 typedef struct capfan_consumer capfan_consumer;
@@ -178,6 +186,8 @@ uint64_t capfan_ring_event_count(capfan_ring *r);
 /* Copy up to n events, oldest first; returns how many. */
 int capfan_ring_events(capfan_ring *r, capfan_event *out, uint32_t n);
 /* Read-only view of the descriptor ring and arena (for dump tools). */
+/* Link type of packets from `port` (the ring's link type unless the producer set another). */
+uint32_t capfan_ring_port_linktype(capfan_ring *r, uint32_t port);
 const capfan_desc *capfan_ring_desc(capfan_ring *r);
 const uint8_t *capfan_ring_arena(capfan_ring *r);
 
@@ -190,9 +200,12 @@ void capfan_producer_close(capfan_producer *p);
 /* Close if needed, unmap and free. */
 void capfan_producer_free(capfan_producer *p);
 capfan_ring *capfan_producer_ring(capfan_producer *p);
-/* Reserve arena space for a packet of caplen bytes; NULL when the ring is full and the policy
- * says drop (counted) or, with block, after timeout_ns of waiting (-1 = wait for ever). */
-uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, int64_t timeout_ns);
+/* Reserve arena space for a packet of caplen bytes (wirelen: its length on the wire); NULL when
+ * the ring is full and the policy says drop (counted) or, with block, after timeout_ns of
+ * waiting (-1 = wait for ever). */
+uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t wirelen, int64_t timeout_ns);
+/* Declare the link type of packets published with `port` (< CAPFAN_PORTS). */
+int capfan_producer_set_linktype(capfan_producer *p, uint32_t port, uint32_t linktype);
 /* Describe the reserved packet (computes the flow hash); visible to consumers after flush. */
 void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen, uint32_t wirelen,
                             uint16_t port, uint16_t flags);

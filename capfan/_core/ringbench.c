@@ -50,7 +50,7 @@ int64_t capfan_bench_produce(capfan_producer *p, uint64_t npkts, uint32_t size, 
     uint64_t t0 = cpu_now(), ts = real_now();
     int64_t done = 0;
     for (uint64_t i = 0; i < npkts; i++) {
-        uint8_t *dst = capfan_producer_reserve(p, size, -1);
+        uint8_t *dst = capfan_producer_reserve(p, size, size, -1);
         if (!dst) continue;
         make_frame(tmpl, size, (uint32_t)(i % nflows), i);
         memcpy(dst, tmpl, size);

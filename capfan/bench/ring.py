@@ -20,6 +20,7 @@ the scheduler as much as the code.
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import os
 import tempfile
 import time
@@ -564,3 +565,287 @@ def run_one(method: str, size: int, n: int, npkts: int, cfg: Settings | None = N
         return _ring_run(method, size, n, npkts, cfg)
     except Exception as e:  # noqa: BLE001 - one broken configuration must not hide the others
         return RunResult(method, size, n, npkts, error=f"{type(e).__name__}: {e}")
+
+
+# ---------------------------------------------------------------- the whole bench
+
+def plan(sizes, consumers, methods, repeat: int) -> list[tuple[int, str, int, int]]:
+    """(round, method, size, N) of every run. Rounds repeat the whole matrix, so a noisy minute
+    on a shared box spreads over all configurations instead of skewing one of them."""
+    out = []
+    for rnd in range(repeat):
+        for size in sizes:
+            for m in methods:
+                for n in ([0] if m == "produce-only" else consumers):
+                    out.append((rnd, m, size, n))
+    return out
+
+
+def run_bench(sizes=(64, 1500), consumers=(1, 2, 4, 8), packets: int = 2_000_000, repeat: int = 3,
+              methods=tuple(METHODS), cfg: Settings | None = None, progress=None) -> list[RunResult]:
+    """Run the matrix; `progress(i, total, result, seconds)` is called after each run."""
+    cfg = cfg or Settings()
+    todo = plan(sizes, consumers, methods, repeat)
+    runs = []
+    for i, (_rnd, m, size, n) in enumerate(todo):
+        t0 = time.monotonic()
+        r = run_one(m, size, n, packets_for(m, size, packets), cfg)
+        runs.append(r)
+        if progress:
+            progress(i + 1, len(todo), r, time.monotonic() - t0)
+    return runs
+
+
+@dataclass
+class Row:
+    """Median over repeats of one (method, size, N)."""
+    method: str
+    size: int
+    n: int
+    packets: int
+    repeats: int
+    errors: list[str]
+    wall_mpps: float = float("nan")      # mean over consumers of delivered pps (wall clock)
+    wall_min_mpps: float = float("nan")  # slowest consumer
+    cpu_mpps: float = float("nan")       # mean over consumers of pps per consumer CPU-second
+    producer_ns: float = float("nan")    # producer CPU ns per packet
+    producer_mpps: float = float("nan")  # producer wall rate
+    blocked: float = 0.0                 # share of producer wall time blocked by reliable consumers
+    not_delivered: int = 0               # published - delivered, summed over consumers and repeats
+    complete: bool = True                # delivered + dropped == published for every consumer
+    batch: float = float("nan")          # mean packets per batch (Python ring consumers, zmq)
+    vs_zmq: float = float("nan")
+    vs_copyq: float = float("nan")
+
+
+def _median(xs) -> float:
+    xs = [x for x in xs if x == x]  # drop NaN
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _row(method: str, size: int, n: int, group: list[RunResult]) -> Row:
+    """Aggregate the repeats of one configuration."""
+    ok = [r for r in group if not r.error]
+    row = Row(method, size, n, group[0].packets, len(ok), [r.error for r in group if r.error])
+    row.complete = bool(ok) and all(r.complete() for r in ok) and not row.errors
+    if not ok:
+        return row
+    row.producer_ns = _median(r.producer_ns_per_pkt for r in ok)
+    row.producer_mpps = _median(r.producer_wall_pps for r in ok) / 1e6
+    row.blocked = _median(r.blocked_frac for r in ok)
+    row.not_delivered = sum(r.lost() for r in ok)
+    if n:
+        row.wall_mpps = _median(_mean(r.wall_pps()) for r in ok) / 1e6
+        row.wall_min_mpps = _median(min(r.wall_pps()) for r in ok if r.consumers) / 1e6
+        row.cpu_mpps = _median(_mean(r.cpu_pps()) for r in ok) / 1e6
+        nb = sum(c.batches for r in ok for c in r.consumers)
+        if nb:
+            row.batch = sum(c.delivered for r in ok for c in r.consumers) / nb
+    return row
+
+
+def summarize(runs: list[RunResult]) -> list[Row]:
+    """One Row per (method, size, N), with ratios against the baselines at the same size and N."""
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.method, r.size, r.nconsumers), []).append(r)
+    rows = [_row(m, s, n, g) for (m, s, n), g in groups.items()]
+    by_key = {(r.method, r.size, r.n): r for r in rows}
+    for r in rows:
+        if r.method in RING_METHODS:
+            z, q = by_key.get(("zmq", r.size, r.n)), by_key.get(("copyq", r.size, r.n))
+            r.vs_zmq = r.wall_mpps / z.wall_mpps if z and z.wall_mpps > 0 else float("nan")
+            r.vs_copyq = r.wall_mpps / q.wall_mpps if q and q.wall_mpps > 0 else float("nan")
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(rows, key=lambda r: (r.size, order.get(r.method, 99), r.n))
+
+
+@dataclass
+class Target:
+    """One line of the targets section."""
+    target: str
+    measured: str
+    ok: bool | None  # None: could not be measured with the chosen sizes/consumers/methods
+    note: str = ""
+
+
+def _find(rows, method, size, n) -> Row | None:
+    return next((r for r in rows if (r.method, r.size, r.n) == (method, size, n)), None)
+
+
+def _scaling_targets(rows, sizes, n_lo, n_hi) -> list[Target]:
+    """Producer ns/pkt at n_hi consumers over n_lo, per size and consumer kind."""
+    out = []
+    notes = {"ring-c-lossy": "producer never held: its own fan-out cost (primary)",
+             "ring-c": "reliable: includes back-pressure on an oversubscribed box",
+             "ring-py": "reliable Python consumers",
+             "ring-c-lossy-spin": "diagnostic: consumers rarely sleep, so few futex wakes"}
+    for size in sizes:
+        for m in ("ring-c-lossy", "ring-c", "ring-py", "ring-c-lossy-spin"):
+            lo, hi = _find(rows, m, size, n_lo), _find(rows, m, size, n_hi)
+            if not lo or not hi:
+                continue
+            ratio = hi.producer_ns / lo.producer_ns
+            out.append(Target(f"producer cost {n_lo}->{n_hi} consumers <= {PRODUCER_SCALING_TARGET}x "
+                              f"({m}, {size} B)",
+                              f"{lo.producer_ns:.0f} -> {hi.producer_ns:.0f} ns/pkt = {ratio:.2f}x",
+                              ratio <= PRODUCER_SCALING_TARGET, notes[m]))
+    return out
+
+
+def _python_target(rows, sizes, consumers) -> list[Target]:
+    """The Python batch consumer's rate on one core at the smallest frame size."""
+    size, n = min(sizes), min(consumers)
+    r = _find(rows, "ring-py", size, n)
+    if not r:
+        return []
+    worst = min((x.cpu_mpps for x in rows if x.method == "ring-py" and x.size == size), default=float("nan"))
+    return [Target(f"Python batch consumer >= {LINE_RATE_64B / 1e6:.2f} Mpps on one core ({size} B, N={n})",
+                   f"{r.cpu_mpps:.1f} Mpps per CPU-s (wall {r.wall_mpps:.1f} Mpps, "
+                   f"worst over N {worst:.1f} per CPU-s)",
+                   r.cpu_mpps * 1e6 >= LINE_RATE_64B,
+                   "per consumer CPU-second; the consumer shares the box with the producer")]
+
+
+def _zmq_targets(rows) -> list[Target]:
+    """Ring delivered rate per consumer over the ZeroMQ baseline, worst case over sizes and N."""
+    out = []
+    for m, like in (("ring-py", "Python consumers on both sides"), ("ring-c", "C ring consumers")):
+        rs = [r for r in rows if r.method == m and r.vs_zmq == r.vs_zmq]
+        if not rs:
+            continue
+        worst, best = min(rs, key=lambda r: r.vs_zmq), max(rs, key=lambda r: r.vs_zmq)
+        out.append(Target(f">= {ZMQ_RATIO_TARGET:.0f}x the ZeroMQ baseline ({m}, wall pps per consumer)",
+                          f"worst {worst.vs_zmq:.1f}x ({worst.size} B, N={worst.n}), "
+                          f"best {best.vs_zmq:.1f}x ({best.size} B, N={best.n})",
+                          worst.vs_zmq >= ZMQ_RATIO_TARGET, like))
+    return out
+
+
+def targets(rows: list[Row], sizes, consumers) -> list[Target]:
+    """Every target of the issue with the measured value and PASS/MISS."""
+    n_lo = 1 if 1 in consumers else min(consumers)
+    n_hi = 8 if 8 in consumers else max(consumers)
+    out = _scaling_targets(rows, sizes, n_lo, n_hi) if n_hi != n_lo else []
+    return out + _python_target(rows, sizes, consumers) + _zmq_targets(rows)
+
+
+def accounting_ok(runs: list[RunResult]) -> bool:
+    """Every consumer of every run saw every published packet (lossy ones: delivered or dropped)."""
+    return all(r.complete() for r in runs)
+
+
+# ---------------------------------------------------------------- report
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    import platform  # noqa: PLC0415
+
+    import zmq  # noqa: PLC0415
+
+    from capfan.ring import ring_dir  # noqa: PLC0415
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+            "ring_dir": ring_dir(), "ring_fs": _fs_type(ring_dir())}
+
+
+def _fs_type(path: str) -> str:
+    """Filesystem type of the mount holding path (tmpfs, hugetlbfs, ...)."""
+    best, fs = "", "?"
+    try:
+        with open("/proc/mounts") as f:
+            for ln in f:
+                parts = ln.split()
+                mnt = parts[1]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, fs = mnt, parts[2]
+    except OSError:
+        pass
+    return fs
+
+
+def _f(x: float, fmt: str = "{:.1f}", dash: str = "-") -> str:
+    return dash if x != x else fmt.format(x)
+
+
+def size_table(rows: list[Row], size: int):
+    """rich Table of every method and N at one frame size."""
+    from rich.table import Table  # noqa: PLC0415
+
+    t = Table(title=f"{size}-byte packets", title_justify="left")
+    for col, just in (("method", "left"), ("N", "right"), ("packets", "right"),
+                      ("Mpps per consumer\nwall (slowest)", "right"), ("Mpps per consumer\nper CPU-second", "right"),
+                      ("producer\nns/pkt", "right"), ("producer\nblocked", "right"),
+                      ("not\ndelivered", "right"), ("x ZMQ", "right"), ("x copyq", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for r in (r for r in rows if r.size == size):
+        if r.errors and not r.repeats:
+            t.add_row(r.method, str(r.n), f"{r.packets:,}", f"[red]error: {r.errors[0][:60]}[/red]")
+            continue
+        wall = "" if not r.n else f"{_f(r.wall_mpps, '{:.2f}')} ({_f(r.wall_min_mpps, '{:.2f}')})"
+        nd = f"{r.not_delivered:,}" + (" dropped" if "lossy" in r.method and r.not_delivered else "")
+        if not r.complete:
+            nd = f"[red]{nd} INCOMPLETE[/red]"
+        t.add_row(r.method, str(r.n), f"{r.packets:,}", wall, "" if not r.n else _f(r.cpu_mpps),
+                  _f(r.producer_ns, "{:.0f}"), f"{r.blocked:.0%}" if r.method.startswith("ring") else "",
+                  nd, _f(r.vs_zmq, "{:.1f}x", ""), _f(r.vs_copyq, "{:.2f}x", ""))
+    return t
+
+
+def targets_table(ts: list[Target]):
+    """rich Table of the targets with PASS/MISS."""
+    from rich.table import Table  # noqa: PLC0415
+
+    t = Table(title="targets", title_justify="left")
+    for col in ("target", "measured", "result", "note"):
+        t.add_column(col)
+    for x in ts:
+        res = "[green]PASS[/green]" if x.ok else ("n/a" if x.ok is None else "[red]MISS[/red]")
+        t.add_row(x.target, x.measured, res, x.note)
+    return t
+
+
+def render(console, rows: list[Row], ts: list[Target], runs: list[RunResult], info: dict, header: str) -> None:
+    """Print the whole report: header, one table per size, legend, targets, accounting."""
+    console.print(header)
+    for size in sorted({r.size for r in rows}):
+        console.print(size_table(rows, size))
+    console.print("methods:")
+    for m in dict.fromkeys(r.method for r in rows):
+        console.print(f"  {m:<18} {METHODS.get(m, '')}")
+    console.print(LEGEND)
+    console.print(targets_table(ts))
+    ok = accounting_ok(runs)
+    console.print(("[green]accounting: every consumer of every run got every published packet "
+                   "(lossy: delivered + dropped)[/green]") if ok else
+                  "[red]accounting: some consumer did not account for every published packet[/red]")
+
+
+LEGEND = (
+    "columns (medians over repeats): wall = packets delivered per consumer / (consumer end - producer "
+    "start), mean over the N consumers, slowest in brackets; per CPU-second = delivered / that "
+    "consumer's CPU time, i.e. the rate one core running it sustains; producer ns/pkt = producer CPU "
+    "time / packets (zmq: the publisher process including its I/O thread); blocked = producer wall "
+    "time spent waiting for reliable consumers; x ZMQ / x copyq = wall Mpps per consumer over that "
+    "baseline at the same N and size."
+)
+
+
+def report_dict(runs, rows, ts, info, settings: dict) -> dict:
+    """Everything measured, for --json."""
+    return {"settings": settings, "machine": info, "rows": [asdict(r) for r in rows],
+            "targets": [asdict(t) for t in ts], "accounting_ok": accounting_ok(runs),
+            "runs": [r.to_dict() for r in runs]}
