@@ -76,6 +76,13 @@ int64_t capfan_producer_publish(capfan_producer *p, const uint8_t *buf, const ui
                                 const uint32_t *caplens, const uint32_t *wirelens,
                                 const uint64_t *ts_ns, uint32_t n, uint16_t port);
 uint64_t capfan_producer_dropped(capfan_producer *p);
+void capfan_producer_set_external(capfan_producer *p, int on);
+int capfan_producer_reserve_desc(capfan_producer *p, int64_t timeout_ns);
+void capfan_producer_commit_at(capfan_producer *p, uint32_t off, uint64_t ts_ns, uint32_t caplen,
+                               uint32_t wirelen, uint16_t port, uint16_t flags);
+uint64_t capfan_producer_reclaim(capfan_producer *p, uint64_t want);
+uint64_t capfan_producer_head(capfan_producer *p);
+uint64_t capfan_producer_tail(capfan_producer *p);
 
 capfan_consumer *capfan_consumer_attach(const char *path, const capfan_consumer_opts *o);
 void capfan_consumer_detach(capfan_consumer *c, int keep);

@@ -107,6 +107,7 @@ struct capfan_producer {
     uint64_t blocked_start, last_liveness;
     pid_t pid;
     int closed;
+    int external;         /* the backend places packets in the arena itself (AF_XDP UMEM) */
 };
 
 struct capfan_consumer {
@@ -576,7 +577,7 @@ static int make_room(capfan_producer *p, uint64_t len, uint64_t *at) {
     if (o + len > ab) a += ab - o; /* a packet never wraps: skip the arena's end */
     uint64_t end = a + len, t = p->tail;
     int rescanned = 0;
-#define ROOM(t) (p->head - (t) < ndesc && ((t) == p->head || end - p->pos[(t) & mask] <= ab))
+#define ROOM(t) (p->head - (t) < ndesc && (p->external || (t) == p->head || end - p->pos[(t) & mask] <= ab))
     while (!ROOM(t)) {
         if (t >= p->limit || p->epoch != c->epoch) {
             if (rescanned) break;
@@ -620,11 +621,10 @@ static inline uint64_t arena_len(uint32_t caplen, uint32_t wirelen) {
     return align_up((uint64_t)(caplen ? caplen : 1) + (wirelen > 0xFFFF ? 4 : 0), CAPFAN_ARENA_ALIGN);
 }
 
-uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t wirelen, int64_t timeout_ns) {
+/* Room for one descriptor and len arena bytes, waiting/dropping per the full policy. */
+static int reserve_room(capfan_producer *p, uint64_t len, int64_t timeout_ns, uint64_t *out) {
     ctl_t *c = p->r.ctl;
-    if (caplen > c->snaplen) caplen = c->snaplen;
-    uint64_t len = arena_len(caplen, wirelen);
-    uint64_t at;
+    uint64_t at = 0;
     if (make_room(p, len, &at) != 0) {
         /* Full: reliable consumers hold the space. Enforce liveness and stall budgets (at most
          * every LIVENESS_EVERY_NS: it costs syscalls), then drop or wait. */
@@ -639,7 +639,7 @@ uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t w
             if (c->full_policy == CAPFAN_FULL_DROP || (timeout_ns >= 0 && now - t0 >= (uint64_t)timeout_ns)) {
                 c->dropped_full++;
                 c->blocked_ns += now - t0;
-                return NULL;
+                return -1;
             }
             wait_for_consumers(p, LIVENESS_EVERY_NS);
             now = now_mono();
@@ -647,6 +647,15 @@ uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t w
         }
         c->blocked_ns += now - t0;
     }
+    *out = at;
+    return 0;
+}
+
+uint8_t *capfan_producer_reserve(capfan_producer *p, uint32_t caplen, uint32_t wirelen, int64_t timeout_ns) {
+    ctl_t *c = p->r.ctl;
+    if (caplen > c->snaplen) caplen = c->snaplen;
+    uint64_t len = arena_len(caplen, wirelen), at;
+    if (reserve_room(p, len, timeout_ns, &at) != 0) return NULL;
     p->rsv_pos = at;
     p->rsv_len = caplen;
     p->rsv_alloc = len;
@@ -680,6 +689,38 @@ void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen,
     p->head = seq + 1;
     c->bytes += caplen;
 }
+
+void capfan_producer_set_external(capfan_producer *p, int on) { p->external = on != 0; }
+
+int capfan_producer_reserve_desc(capfan_producer *p, int64_t timeout_ns) {
+    uint64_t at;
+    return reserve_room(p, 0, timeout_ns, &at);
+}
+
+void capfan_producer_commit_at(capfan_producer *p, uint32_t off, uint64_t ts_ns, uint32_t caplen,
+                               uint32_t wirelen, uint16_t port, uint16_t flags) {
+    p->rsv_pos = off;
+    p->rsv_len = caplen;
+    p->rsv_alloc = 0; /* no room for a >64 KiB wire length trailer: it saturates */
+    capfan_producer_commit(p, ts_ns, caplen, wirelen, port, flags);
+}
+
+uint64_t capfan_producer_reclaim(capfan_producer *p, uint64_t want) {
+    ctl_t *c = p->r.ctl;
+    if (want > p->head) want = p->head;
+    if (want <= p->tail) return p->tail;
+    if (want > p->limit || p->epoch != c->epoch) p->limit = reliable_limit(p, 0, 0);
+    uint64_t t = want < p->limit ? want : p->limit;
+    if (t > p->tail) {
+        atomic_store_explicit(&c->tail, t, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+        p->tail = t;
+    }
+    return p->tail;
+}
+
+uint64_t capfan_producer_head(capfan_producer *p) { return p->head; }
+uint64_t capfan_producer_tail(capfan_producer *p) { return p->tail; }
 
 void capfan_producer_flush(capfan_producer *p) {
     ctl_t *c = p->r.ctl;
