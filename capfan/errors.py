@@ -39,3 +39,19 @@ class ConfigError(CapfanError):
     def __init__(self, key, message):
         self.key = key
         super().__init__(f"config key '{key}': {message}")
+
+
+class SourceError(CapfanError):
+    """A capture source could not be opened or failed while capturing."""
+
+
+class SourceNotSupported(SourceError):
+    """The backend is not compiled in, or the driver/kernel does not support the request."""
+
+
+class CorruptCapture(SourceError):
+    """A capture file is corrupt or truncated; the message names the byte offset."""
+
+
+class PermissionError_(SourceError):
+    """Capturing needs a privilege this process lacks (CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF)."""

@@ -1,10 +1,50 @@
 """cffi (API mode) build of capfan's C core into the extension module `capfan._capfan_core`."""
 import os
+import shutil
+import subprocess
+import tempfile
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["ring.c", "parse.c", "ringbench.c"]
+SOURCES = ["ring.c", "parse.c", "ringbench.c", "source.c"]
+# optional parts: (source file, define, headers it needs, libraries)
+OPTIONAL = [
+    ("src_pcap.c", "CAPFAN_HAVE_PCAP_SOURCE", [], []),
+    ("src_afpacket.c", "CAPFAN_HAVE_AFPACKET", [], []),
+    ("bpf.c", "CAPFAN_HAVE_LIBPCAP", ["pcap/pcap.h"], ["pcap"]),
+    ("src_afxdp.c", "CAPFAN_HAVE_AFXDP", ["xdp/xsk.h", "xdp/libxdp.h", "bpf/libbpf.h"], ["xdp", "bpf"]),
+]
+
+
+def have_headers(headers):
+    """True if the C compiler finds every header (e.g. libxdp-dev is installed)."""
+    if not headers:
+        return True
+    cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
+    with tempfile.NamedTemporaryFile("w", suffix=".c", delete=False) as f:
+        f.write("".join(f"#include <{h}>\n" for h in headers) + "int main(void){return 0;}\n")
+    try:
+        return subprocess.run([cc, "-E", f.name], capture_output=True).returncode == 0
+    finally:
+        os.unlink(f.name)
+
+
+def configure():
+    """Pick the optional backends this machine can build; returns (sources, defines, libraries)."""
+    sources, defines, libs, built = list(SOURCES), [], ["pthread"], []
+    for src, define, headers, libraries in OPTIONAL:
+        if not os.path.exists(os.path.join(HERE, src)):
+            continue
+        if have_headers(headers):
+            sources.append(src)
+            defines.append((define, "1"))
+            libs += libraries
+            built.append(src)
+        else:
+            print(f"capfan build: {src} NOT built: headers missing ({' '.join(headers)})")
+    print(f"capfan build: compiled {' '.join(built)}")
+    return sources, defines, libs
 
 CDEF = """
 typedef struct capfan_desc {
@@ -110,15 +150,57 @@ int64_t capfan_bench_copyq_consume(const char *path, uint32_t q, uint64_t npkts,
                                    uint64_t *checksum);
 """
 
+SOURCE_CDEF = """
+typedef struct capfan_source_stats {
+    uint64_t packets, bytes, published, ring_drops, kernel_drops, kernel_freezes, malformed, truncated;
+    uint64_t hw_timestamps, xdp_rx_invalid, xdp_rx_ring_full, xdp_fill_empty, loops_done, file_offset, file_bytes;
+    uint32_t zerocopy, xdp_mode, eof, _pad;
+} capfan_source_stats;
+typedef struct capfan_source capfan_source;
+const char *capfan_source_kind(capfan_source *s);
+uint32_t capfan_source_linktype(capfan_source *s, uint32_t port);
+int capfan_source_prepare(capfan_source *s, capfan_producer *p);
+int capfan_source_recv(capfan_source *s, capfan_producer *p, uint32_t max, int64_t timeout_ns);
+int64_t capfan_source_run(capfan_source *s, capfan_producer *p, uint64_t max_packets, int64_t duration_ns);
+int capfan_source_get_stats(capfan_source *s, capfan_source_stats *st);
+void capfan_source_close(capfan_source *s);
+typedef struct capfan_pcap_opts { double speed; uint32_t loops; uint16_t port_base; } capfan_pcap_opts;
+capfan_source *capfan_pcap_open(const char *path, const capfan_pcap_opts *o);
+typedef struct capfan_afpacket_opts {
+    const char *ifname; uint32_t block_size; uint32_t block_count; uint32_t block_timeout_ms;
+    int32_t fanout_mode; uint16_t fanout_group; uint16_t fanout_flags; const char *bpf;
+    int32_t promisc; int32_t hw_timestamps; uint16_t port;
+} capfan_afpacket_opts;
+capfan_source *capfan_afpacket_open(const capfan_afpacket_opts *o);
+typedef struct capfan_afxdp_opts {
+    const char *ifname; uint32_t queue; uint32_t frame_size; uint32_t rx_size; int32_t xdp_mode;
+    int32_t bind_mode; int32_t busy_poll; uint32_t busy_poll_us; uint32_t busy_poll_budget; uint16_t port;
+} capfan_afxdp_opts;
+capfan_source *capfan_afxdp_open(const capfan_afxdp_opts *o, capfan_producer *p);
+int capfan_afxdp_cleanup(const char *ifname);
+const char *capfan_source_backends(void);
+uint8_t *capfan_producer_arena(capfan_producer *p, uint64_t *len);
+"""
+
+BPF_CDEF = """
+typedef struct capfan_bpf capfan_bpf;
+capfan_bpf *capfan_bpf_compile(const char *expr, uint32_t linktype, uint32_t snaplen);
+int capfan_bpf_match(const capfan_bpf *f, const uint8_t *pkt, uint32_t caplen, uint32_t wirelen);
+void capfan_bpf_free(capfan_bpf *f);
+"""
+
+_sources, _defines, _libs = configure()
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(CDEF + SOURCE_CDEF + (BPF_CDEF if os.path.exists(os.path.join(HERE, "bpf.h")) else ""))
 ffibuilder.set_source(
     "capfan._capfan_core",
-    '#include "ring.h"\n#include "parse.h"\n#include "ringbench.h"\n',
-    sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
+    '#include "ring.h"\n#include "parse.h"\n#include "ringbench.h"\n#include "source.h"\n'
+    + ('#include "bpf.h"\n' if os.path.exists(os.path.join(HERE, "bpf.h")) else ""),
+    sources=[os.path.relpath(os.path.join(HERE, s)) for s in _sources],
     include_dirs=[os.path.relpath(HERE)],
+    define_macros=_defines,
     extra_compile_args=["-std=c11", "-O3", "-Wall", "-Wno-unused-parameter", "-D_GNU_SOURCE"],
-    libraries=["pthread"],
+    libraries=_libs,
 )
 
 if __name__ == "__main__":

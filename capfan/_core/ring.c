@@ -529,6 +529,20 @@ void capfan_producer_free(capfan_producer *p) {
 }
 
 capfan_ring *capfan_producer_ring(capfan_producer *p) { return &p->r; }
+
+uint8_t *capfan_producer_arena(capfan_producer *p, uint64_t *len) {
+    if (len) *len = p->r.ctl->arena_bytes;
+    return p->r.arena;
+}
+
+int capfan_set_error(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    g_errcode = code;
+    return -code;
+}
 uint64_t capfan_producer_dropped(capfan_producer *p) { return p->r.ctl->dropped_full; }
 
 /* Lowest cursor of the reliable consumers (head if none). With check != 0, also enforce

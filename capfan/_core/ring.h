@@ -65,6 +65,10 @@ enum capfan_event_kind {
 enum capfan_err {
     CAPFAN_EOK = 0, CAPFAN_ESYS = 1, CAPFAN_EEXIST = 2, CAPFAN_ENOENT = 3, CAPFAN_EFORMAT = 4,
     CAPFAN_EBUSY = 5, CAPFAN_EFULL = 6, CAPFAN_EINVAL = 7, CAPFAN_ETIMEOUT = 8, CAPFAN_ENOSLOT = 9,
+    CAPFAN_EEOF = 10,     /* a replay reached its end */
+    CAPFAN_ENOTSUP = 11,  /* backend not compiled in / not supported by the driver */
+    CAPFAN_ECORRUPT = 12, /* corrupt input file; the message names the byte offset */
+    CAPFAN_EPERM = 13,    /* missing privilege (CAP_NET_RAW, CAP_BPF...) */
 };
 
 /* Ring geometry chosen at creation. */
@@ -216,6 +220,10 @@ void capfan_producer_flush(capfan_producer *p);
 int64_t capfan_producer_publish(capfan_producer *p, const uint8_t *buf, const uint64_t *offs,
                                 const uint32_t *caplens, const uint32_t *wirelens,
                                 const uint64_t *ts_ns, uint32_t n, uint16_t port);
+/* The arena, writable, for backends that receive straight into it (AF_XDP UMEM). */
+uint8_t *capfan_producer_arena(capfan_producer *p, uint64_t *len);
+/* Record an error message (for backends built on the ring); returns -code. */
+int capfan_set_error(int code, const char *fmt, ...);
 /* Number of packets dropped because the ring was full. */
 uint64_t capfan_producer_dropped(capfan_producer *p);
 

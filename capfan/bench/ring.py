@@ -103,6 +103,7 @@ class RunResult:
     producer_blocked_ns: int = 0
     consumers: list[ConsumerResult] = field(default_factory=list)
     error: str | None = None
+    round: int = 0
 
     @property
     def producer_ns_per_pkt(self) -> float:
@@ -490,6 +491,7 @@ def _ring_run(method: str, size: int, n: int, npkts: int, cfg: Settings) -> RunR
 
     path = R.create(_tmp_name("ring"), ndesc=cfg.ndesc, arena_bytes=cfg.arena_bytes, snaplen=2048)
     try:
+        _preallocate(path)
         spin = SPIN_DIAG_US if method == "ring-c-lossy-spin" else cfg.spin_us
         if method == "produce-only":
             cons = []
@@ -536,8 +538,9 @@ def _copyq_run(size: int, n: int, npkts: int, cfg: Settings) -> RunResult:
 
 
 def _preallocate(path: str) -> None:
-    """Allocate a tmpfs file's pages up front (its content stays zero) so the copy queues, which
-    cannot be warmed up through their API, do not pay page allocation inside the measurement."""
+    """Allocate a tmpfs file's pages up front (content unchanged): page allocation stays out of the
+    measurement (the copy queues cannot be warmed up through their API) and each process's
+    pre-touch becomes cheap minor faults."""
     fd = os.open(path, os.O_RDWR)
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
@@ -554,17 +557,20 @@ def _result(method, size, n, npkts, pres: dict, cres: list) -> RunResult:
                      consumers=list(cres))
 
 
-def run_one(method: str, size: int, n: int, npkts: int, cfg: Settings | None = None) -> RunResult:
+def run_one(method: str, size: int, n: int, npkts: int, cfg: Settings | None = None, rnd: int = 0) -> RunResult:
     """Measure one configuration; a failure is recorded in the result, not raised."""
     cfg = cfg or Settings()
     try:
         if method == "zmq":
-            return _zmq_run(size, n, npkts)
-        if method == "copyq":
-            return _copyq_run(size, n, npkts, cfg)
-        return _ring_run(method, size, n, npkts, cfg)
+            r = _zmq_run(size, n, npkts)
+        elif method == "copyq":
+            r = _copyq_run(size, n, npkts, cfg)
+        else:
+            r = _ring_run(method, size, n, npkts, cfg)
     except Exception as e:  # noqa: BLE001 - one broken configuration must not hide the others
-        return RunResult(method, size, n, npkts, error=f"{type(e).__name__}: {e}")
+        r = RunResult(method, size, n, npkts, error=f"{type(e).__name__}: {e}")
+    r.round = rnd
+    return r
 
 
 # ---------------------------------------------------------------- the whole bench
@@ -587,9 +593,9 @@ def run_bench(sizes=(64, 1500), consumers=(1, 2, 4, 8), packets: int = 2_000_000
     cfg = cfg or Settings()
     todo = plan(sizes, consumers, methods, repeat)
     runs = []
-    for i, (_rnd, m, size, n) in enumerate(todo):
+    for i, (rnd, m, size, n) in enumerate(todo):
         t0 = time.monotonic()
-        r = run_one(m, size, n, packets_for(m, size, packets), cfg)
+        r = run_one(m, size, n, packets_for(m, size, packets), cfg, rnd)
         runs.append(r)
         if progress:
             progress(i + 1, len(todo), r, time.monotonic() - t0)
