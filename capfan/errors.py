@@ -53,5 +53,5 @@ class CorruptCapture(SourceError):
     """A capture file is corrupt or truncated; the message names the byte offset."""
 
 
-class PermissionError_(SourceError):
+class CapturePermissionError(SourceError):
     """Capturing needs a privilege this process lacks (CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF)."""

@@ -45,7 +45,7 @@ def raise_last(default=errors.SourceError):
     from capfan.ring import _raise
     code = lib.capfan_last_error_code()
     msg = ffi.string(lib.capfan_last_error()).decode(errors="replace")
-    exc = {11: errors.SourceNotSupported, 12: errors.CorruptCapture, 13: errors.PermissionError_}.get(code)
+    exc = {11: errors.SourceNotSupported, 12: errors.CorruptCapture, 13: errors.CapturePermissionError}.get(code)
     if exc is not None:
         raise exc(msg)
     if code in (1, 7):
