@@ -69,7 +69,7 @@ def ring_cmd(packets, sizes, consumers, repeat, methods, spin_us, ndesc, arena, 
     t0 = time.monotonic()
     runs = B.run_bench(sizes, consumers, packets, repeat, methods, cfg, progress=None if quiet else _progress)
     rows = B.summarize(runs)
-    ts = B.targets(rows, sizes, consumers)
+    ts = B.targets(rows, runs, sizes, consumers)
     header = (f"capfan bench ring: {info['cpus']} CPUs ({info['cpu_model']}), kernel {info['kernel']}, "
               f"rings in {info['ring_dir']} ({info['ring_fs']}), ndesc {cfg.ndesc}, arena {arena}, "
               f"spin {cfg.spin_us} us, {repeat} repeats, {time.monotonic() - t0:.0f} s")

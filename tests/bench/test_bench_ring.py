@@ -13,7 +13,7 @@ SMALL = B.Settings(ndesc=1 << 12, arena_bytes=8 << 20, copyq_bytes=1 << 20)
 
 
 @pytest.fixture
-def ring_dir(monkeypatch, tmp_path_factory):
+def ring_dir(monkeypatch):
     """Rings and copy queues of this test go to a private tmpfs directory, removed afterwards."""
     import shutil
     import tempfile
@@ -63,7 +63,7 @@ def test_summary_rows_ratios_and_targets(ring_dir):
         assert r.repeats == 1 and not r.errors and r.complete
         if r.method in B.RING_METHODS:
             assert r.vs_zmq > 0 and r.vs_copyq > 0
-    ts = B.targets(rows, (64,), (1, 2))
+    ts = B.targets(rows, runs, (64,), (1, 2))
     assert any("producer cost 1->2" in t.target for t in ts)
     assert any("Python batch consumer" in t.target for t in ts)
     assert any("ZeroMQ" in t.target for t in ts)
