@@ -510,6 +510,8 @@ capfan_producer *capfan_producer_open(const char *path) {
 
 void capfan_producer_close(capfan_producer *p) {
     if (!p || p->closed) return;
+    p->closed = 1;
+    if (getpid() != p->pid) return; /* a forked child's copy: the producer is the parent */
     capfan_producer_flush(p);
     ctl_t *c = p->r.ctl;
     lock_ctl(c);
@@ -517,7 +519,6 @@ void capfan_producer_close(capfan_producer *p) {
     unlock_ctl(c);
     atomic_fetch_add(&c->wake, 1);
     futex(&c->wake, FUTEX_WAKE, INT_MAX, 0);
-    p->closed = 1;
 }
 
 void capfan_producer_free(capfan_producer *p) {
