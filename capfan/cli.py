@@ -31,9 +31,13 @@ def main(verbose):
 def _register():
     from capfan.ringcli import ring
     from capfan.bench.cli import bench
+    from capfan.capturecli import capture
+    from capfan.replaycli import replay
 
     main.add_command(ring)
     main.add_command(bench)
+    main.add_command(replay)
+    main.add_command(capture)
 
 
 _register()

@@ -223,14 +223,20 @@ class Ring:
     def recent(self, n: int) -> list[tuple[int, int, int, bytes]]:
         """Up to n most recent intact packets as (seq, ts_ns, wirelen, bytes), oldest first.
         Reads without attaching; a packet overwritten while copied is left out (seqlock)."""
+        return [(seq, ts, wl, data) for seq, ts, wl, _port, data in self.recent_packets(n)]
+
+    def recent_packets(self, n: int) -> list[tuple[int, int, int, int, bytes]]:
+        """Like recent(), as (seq, ts_ns, wirelen, port, bytes): the port gives the packet's link
+        type (port_linktype) and wirelen includes lengths above 65535."""
         st = self.stats()
         head, tail = st["head"], st["tail"]
-        first = max(tail, head - n)
         out = []
-        for seq in range(first, head):
+        for seq in range(max(tail, head - n), head):
             d = self._desc[seq & (self.ndesc - 1)]
-            off, cl = int(d["off"]), int(d["caplen"])
-            out.append((seq, int(d["ts_ns"]), int(d["wirelen"]), bytes(self._arena[off:off + cl])))
+            off, cl, wl = int(d["off"]), int(d["caplen"]), int(d["wirelen"])
+            if int(d["flags"]) & F_WIRELEN_SAT:  # the real length follows the packet bytes
+                wl = int.from_bytes(self._arena[off + cl:off + cl + 4], "little")
+            out.append((seq, int(d["ts_ns"]), wl, int(d["port"]), bytes(self._arena[off:off + cl])))
         intact_from = self.stats()["tail"]
         return [p for p in out if p[0] >= intact_from]
 

@@ -91,12 +91,13 @@ def ring():
 
 def human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+    if n < 1024:
+        return f"{n} B"
+    value, units = n / 1024, ["KiB", "MiB", "GiB", "TiB"]
+    while value >= 1024 and len(units) > 1:
         value /= 1024
-    return f"{n} B"  # not reached
+        units.pop(0)
+    return f"{value:.1f} {units[0]}"
 
 
 def linktype_name(lt: int) -> str:
@@ -108,7 +109,8 @@ def _console() -> Console:
     """A rich console on the current sys.stdout (built per command: CliRunner swaps stdout)."""
     # piped output (grep, scripts) gets wide lines instead of rich's 80-column default
     width = None if sys.stdout.isatty() else PIPE_WIDTH
-    return Console(highlight=False, width=width)
+    # no markup: names, paths and error texts may contain [brackets]
+    return Console(highlight=False, markup=False, width=width)
 
 
 def _yes(flag) -> str:
@@ -127,8 +129,8 @@ def _yes(flag) -> str:
               help="Consumer table slots (at least 256).")
 @click.option("--linktype", type=LinktypeType(), default="ethernet", show_default=True,
               help="pcap link type of the packets: " + ", ".join(ringlib.LINKTYPES) + ".")
-@click.option("--snaplen", type=click.IntRange(1, 65535), default=65535, show_default=True,
-              help="Longest packet stored; longer ones are truncated.")
+@click.option("--snaplen", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Longest packet stored, longer ones are truncated; 0 = min(65535, arena/4).")
 @click.option("--full", "full_policy", type=click.Choice(list(ringlib.FULL_POLICIES)), default="block",
               show_default=True, help="When the ring is full: hold the producer (block) or drop new packets (drop).")
 @click.option("--mode", type=ModeType(), default="0600", show_default=True,
@@ -248,6 +250,7 @@ def _print_stat(r: ringlib.Ring, as_json: bool) -> None:
 
 
 def _watch_json(r: ringlib.Ring, interval: float) -> None:
+    """One JSON snapshot per line every `interval` seconds until Ctrl-C."""
     try:
         while True:
             click.echo(json.dumps(ring_snapshot(r)))
@@ -257,6 +260,7 @@ def _watch_json(r: ringlib.Ring, interval: float) -> None:
 
 
 def _watch_live(r: ringlib.Ring, interval: float) -> None:
+    """Redraw the stat view in place every `interval` seconds until Ctrl-C."""
     console = _console()
     try:
         with Live(render_snapshot(ring_snapshot(r)), console=console, auto_refresh=False) as live:
@@ -273,6 +277,7 @@ def render_snapshot(snap: dict) -> Group:
 
 
 def _summary_text(snap: dict) -> Text:
+    """Ring-level lines: geometry, head/tail/window, arena use, producer, ring counters."""
     ri = snap["ring"]
     producer = "none"
     if ri["producer_pid"]:
@@ -296,6 +301,7 @@ CONSUMER_COLUMNS = ("name", "state", "alive", "policy", "group", "lag", "deliver
 
 
 def _consumer_table(snap: dict):
+    """One row per used consumer slot (CONSUMER_COLUMNS)."""
     if not snap["consumers"]:
         return Text("  no consumers attached")
     table = Table(title="consumers", title_justify="left", box=box.SIMPLE_HEAD)
@@ -309,6 +315,7 @@ def _consumer_table(snap: dict):
 
 
 def _events_table(snap: dict):
+    """The ring's last events, oldest first."""
     if not snap["events"]:
         return Text("  no events")
     table = Table(title="last events", title_justify="left", box=box.SIMPLE_HEAD)
@@ -345,29 +352,42 @@ def dump(name, count, follow, hexdump):
 def _recent(name: str, count: int, hexdump: bool) -> None:
     """Print the last `count` intact packets without taking a consumer slot."""
     with ringlib.Ring(name) as r:
-        pkts = r.recent(count)
-        linktype = r.linktype
+        pkts = r.recent_packets(count)
+        linktypes = PortLinktypes(r)
+        for _seq, ts_ns, wirelen, port, data in pkts:
+            _print_packet(data, linktypes[port], ts_ns, wirelen, hexdump)
     if not pkts:
         click.echo(f"ring {name} holds no packets", err=True)
-    for _seq, ts_ns, wirelen, data in pkts:
-        _print_packet(data, linktype, ts_ns, wirelen, hexdump)
+
+
+class PortLinktypes(dict):
+    """port -> pcap link type of a ring, looked up once per port (ports may differ: pcapng
+    interfaces with different link types replayed into one ring)."""
+
+    def __init__(self, r: ringlib.Ring):
+        super().__init__()
+        self.ring = r
+
+    def __missing__(self, port: int) -> int:
+        self[port] = lt = self.ring.port_linktype(port)
+        return lt
 
 
 def _follow(name: str, count: int | None, hexdump: bool) -> None:
     """Attach a lossy consumer, print packets as they come, always detach on the way out."""
     consumer = ringlib.Consumer(name, f"dump-{os.getpid()}", policy="lossy")
-    shown = 0
-    old_term = _sigterm_exits()
+    shown, old_term = 0, None
     try:
-        linktype = consumer.ring.linktype
+        old_term = _sigterm_exits()
+        linktypes = PortLinktypes(consumer.ring)
         while count is None or shown < count:
             # never take more than is left to show, so 'delivered' counts what was printed
             want = consumer.batch_max if count is None else min(consumer.batch_max, count - shown)
             batch = consumer.next(timeout=FOLLOW_POLL_S, max_packets=want)
             if batch is None:
                 continue
-            for ts_ns, wirelen, data in intact_packets(batch):
-                _print_packet(data, linktype, ts_ns, wirelen, hexdump)
+            for ts_ns, wirelen, port, data in intact_packets(batch):
+                _print_packet(data, linktypes[port], ts_ns, wirelen, hexdump)
                 shown += 1
     except KeyboardInterrupt:
         pass
@@ -379,18 +399,20 @@ def _follow(name: str, count: int | None, hexdump: bool) -> None:
 
 
 def intact_packets(batch: ringlib.Batch):
-    """Yield (ts_ns, wirelen, bytes) of a lossy batch, leaving out packets overwritten while copied."""
+    """Yield (ts_ns, wirelen, port, bytes) of a lossy batch, leaving out packets overwritten
+    while they were copied."""
     desc = batch.desc
+    wirelens = batch.wirelens().tolist()  # also lengths above 64 KiB (kept after the bytes)
+    ts, ports = desc["ts_ns"].tolist(), desc["port"].tolist()
     for i in range(len(batch)):
-        d = desc[i]
-        ts_ns, wirelen = int(d["ts_ns"]), int(d["wirelen"])
         data = bytes(batch.packet(i))
         if batch.torn() > i:  # seqlock: the producer reused this slot meanwhile; the ring counts it
             continue
-        yield ts_ns, wirelen, data
+        yield ts[i], wirelens[i], ports[i], data
 
 
 def _print_packet(data: bytes, linktype: int, ts_ns: int, wirelen: int, hexdump: bool) -> None:
+    """The summary line of one packet, plus its hex dump with --hex."""
     click.echo(summarize(data, linktype, ts_ns, wirelen))
     if hexdump:
         click.echo(hex_lines(data))

@@ -202,6 +202,7 @@ def _l3_by_parser(pkt: bytes, lt: int, wirelen: int, family: str) -> str:
 
 
 def _ipv4(pkt: bytes, info, wirelen: int) -> str:
+    """IPv4: header sanity (tcpdump's bad-hlen / bad-len), fragment tag, then the transport."""
     l3 = info.l3_off
     src, dst = _addr(bytes(info.src[0:4])), _addr(bytes(info.dst[0:4]))
     ihl, total = (pkt[l3] & 15) * 4, info.ip_len
@@ -219,6 +220,7 @@ def _ipv4(pkt: bytes, info, wirelen: int) -> str:
 
 
 def _ipv6(pkt: bytes, info, wirelen: int) -> str:
+    """IPv6: payload length net of the extension headers parse.c skipped, then the transport."""
     l3 = info.l3_off
     src, dst = _addr(bytes(info.src)), _addr(bytes(info.dst))
     total = _u16(pkt, l3 + 4) + 40

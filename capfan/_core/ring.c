@@ -107,7 +107,7 @@ struct capfan_producer {
     uint64_t blocked_start, last_liveness;
     pid_t pid;
     int closed;
-    int external;         /* the backend places packets in the arena itself (AF_XDP UMEM) */
+    uint32_t external;    /* backend places packets itself (AF_XDP UMEM): arena bytes per packet */
 };
 
 struct capfan_consumer {
@@ -705,7 +705,7 @@ void capfan_producer_commit(capfan_producer *p, uint64_t ts_ns, uint32_t caplen,
     c->bytes += caplen;
 }
 
-void capfan_producer_set_external(capfan_producer *p, int on) { p->external = on != 0; }
+void capfan_producer_set_external(capfan_producer *p, int on) { p->external = on > 0 ? (uint32_t)on : 0; }
 
 int capfan_producer_reserve_desc(capfan_producer *p, int64_t timeout_ns) {
     uint64_t at;
@@ -725,6 +725,15 @@ uint64_t capfan_producer_reclaim(capfan_producer *p, uint64_t want) {
     if (want > p->head) want = p->head;
     if (want <= p->tail) return p->tail;
     if (want > p->limit || p->epoch != c->epoch) p->limit = reliable_limit(p, 0, 0);
+    if (want > p->limit) {
+        /* Reliable consumers hold buffers the backend needs (AF_XDP frames run out before
+         * descriptors do): enforce liveness and stall budgets here too, as reserve_room does. */
+        uint64_t now = now_mono();
+        if (now - p->last_liveness >= LIVENESS_EVERY_NS) {
+            p->last_liveness = now;
+            p->limit = reliable_limit(p, 1, now);
+        }
+    }
     uint64_t t = want < p->limit ? want : p->limit;
     if (t > p->tail) {
         atomic_store_explicit(&c->tail, t, memory_order_relaxed);
@@ -740,7 +749,10 @@ uint64_t capfan_producer_tail(capfan_producer *p) { return p->tail; }
 void capfan_producer_flush(capfan_producer *p) {
     ctl_t *c = p->r.ctl;
     if (atomic_load_explicit(&c->head, memory_order_relaxed) == p->head) return;
-    c->arena_used = p->head > p->tail ? p->wpos - p->pos[p->tail & p->r.mask] : 0;
+    if (p->external) /* external offsets are not monotonic: count buffers, not positions */
+        c->arena_used = (p->head - p->tail) * p->external;
+    else
+        c->arena_used = p->head > p->tail ? p->wpos - p->pos[p->tail & p->r.mask] : 0;
     atomic_store_explicit(&c->head, p->head, memory_order_release);
     /* Dekker with the sleeping consumer: head store before the sleepers load */
     atomic_thread_fence(memory_order_seq_cst);

@@ -230,14 +230,17 @@ uint64_t capfan_producer_dropped(capfan_producer *p);
 /* Backends that place packets in the arena themselves (AF_XDP UMEM frames, ef_vi buffers):
  * switch the producer to external placement, then per packet reserve a descriptor and commit
  * the packet's arena offset. A backend reuses a buffer only once its packet's seq is below
- * the tail (capfan_producer_reclaim advances it as far as reliable consumers allow). */
+ * the tail (capfan_producer_reclaim advances it as far as reliable consumers allow).
+ * on: 0 = copy placement; > 0 = external, `on` being the arena bytes one packet occupies (the
+ * backend's buffer size, used for the arena_used statistic). */
 void capfan_producer_set_external(capfan_producer *p, int on);
 /* Room for one descriptor (0), or -1 when full and the policy dropped / timed out (counted). */
 int capfan_producer_reserve_desc(capfan_producer *p, int64_t timeout_ns);
 void capfan_producer_commit_at(capfan_producer *p, uint32_t off, uint64_t ts_ns, uint32_t caplen,
                                uint32_t wirelen, uint16_t port, uint16_t flags);
 /* Let the oldest packets go, up to seq `want` as far as reliable consumers allow; returns the
- * new tail (every seq below it may be overwritten). */
+ * new tail (every seq below it may be overwritten). While reliable consumers hold it back,
+ * dead ones are dropped and ones over their stall budget demoted (checked at most every 1 ms). */
 uint64_t capfan_producer_reclaim(capfan_producer *p, uint64_t want);
 /* Next seq to commit, and oldest intact seq. */
 uint64_t capfan_producer_head(capfan_producer *p);

@@ -41,7 +41,7 @@ int64_t capfan_source_run(capfan_source *s, capfan_producer *p, uint64_t max_pac
         uint64_t left = max_packets ? max_packets - (uint64_t)total : 4096;
         int64_t wait = end == UINT64_MAX ? 100000000 : (int64_t)(end - now);
         int n = s->ops->recv(s, p, left < 4096 ? (uint32_t)left : 4096, wait < 100000000 ? wait : 100000000);
-        if (n < 0) return (n == -CAPFAN_EEOF && total > 0) ? total : n;
+        if (n < 0) return total > 0 ? total : n; /* report what was published; the error comes next call */
         total += n;
     }
     return total;

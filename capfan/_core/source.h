@@ -80,7 +80,7 @@ typedef struct capfan_afxdp_opts {
     const char *ifname;
     uint32_t queue;
     uint32_t frame_size;     /* UMEM chunk: 2048 or 4096; the ring arena holds the frames */
-    uint32_t rx_size;        /* RX and FILL ring sizes (power of two) */
+    uint32_t rx_size;        /* RX ring size (power of two); the FILL ring is twice as large */
     int32_t xdp_mode;        /* 0 auto, 1 skb (generic), 2 native */
     int32_t bind_mode;       /* 0 auto (zero-copy when the driver can), 1 copy, 2 zero-copy or fail */
     int32_t busy_poll;       /* SO_PREFER_BUSY_POLL + SO_BUSY_POLL(_BUDGET) */

@@ -98,7 +98,7 @@ class Source:
 
     def close(self) -> None:
         """Release the backend (sockets, XDP program, file mapping)."""
-        if self._s is not None:
+        if getattr(self, "_s", None) is not None:  # __init__ may have failed before setting it
             lib.capfan_source_close(self._s)
             self._s = None
 

@@ -2,6 +2,8 @@
 every consumer accounted for every published packet. Correctness only, never speed."""
 import json
 import os
+import shutil
+import tempfile
 
 import pytest
 from click.testing import CliRunner
@@ -12,18 +14,24 @@ from capfan.bench.cli import bench
 SMALL = B.Settings(ndesc=1 << 12, arena_bytes=8 << 20, copyq_bytes=1 << 20)
 
 
+def _zmq_sockets() -> set:
+    """ZeroMQ ipc socket files this process's bench runs created in the temp directory."""
+    mine = f"bench-{os.getpid()}-"
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)}
+
+
 @pytest.fixture
 def ring_dir(monkeypatch):
-    """Rings and copy queues of this test go to a private tmpfs directory, removed afterwards."""
-    import shutil
-    import tempfile
-
+    """Rings and copy queues of this test go to a private tmpfs directory; the test fails if the
+    bench leaves a ring, queue or socket file behind."""
     d = tempfile.mkdtemp(prefix="capfan-bench-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     monkeypatch.setenv("CAPFAN_RING_DIR", d)
+    before = _zmq_sockets()
     yield d
     leftovers = os.listdir(d)
     shutil.rmtree(d, ignore_errors=True)
     assert leftovers == [], f"bench left files behind: {leftovers}"
+    assert _zmq_sockets() - before == set()
 
 
 @pytest.mark.parametrize("method", list(B.METHODS))
@@ -58,7 +66,7 @@ def test_summary_rows_ratios_and_targets(ring_dir):
     rows = B.summarize(runs)
     keys = {(r.method, r.n) for r in rows}
     assert ("produce-only", 0) in keys
-    assert {(m, n) for m in B.METHODS if m != "produce-only" for n in (1, 2)} <= keys
+    assert {(m, n) for m in B.DEFAULT_METHODS if m != "produce-only" for n in (1, 2)} <= keys
     for r in rows:
         assert r.repeats == 1 and not r.errors and r.complete
         if r.method in B.RING_METHODS:
@@ -81,7 +89,7 @@ def test_cli_prints_tables_and_writes_json(ring_dir, tmp_path):
                  "producer", "ring-py", "zmq", "copyq", "accounting: every consumer"):
         assert text in res.output
     assert "PASS" in res.output or "MISS" in res.output
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert set(data) >= {"settings", "machine", "rows", "targets", "runs", "accounting_ok"}
     assert data["accounting_ok"] is True
     assert data["settings"]["sizes"] == [64, 1500]
@@ -99,3 +107,18 @@ def test_cli_rejects_bad_lists():
     assert res.exit_code != 0 and "comma-separated integers" in res.output
     res = CliRunner().invoke(bench, ["ring", "--methods", "ring-c,nope"])
     assert res.exit_code != 0 and "unknown method" in res.output
+
+
+def test_registered_under_the_capfan_command():
+    from capfan.cli import main
+
+    res = CliRunner().invoke(main, ["bench", "ring", "--help"])
+    assert res.exit_code == 0, res.output
+    for opt in ("--packets", "--sizes", "--consumers", "--json", "--repeat", "--pin"):
+        assert opt in res.output
+
+
+def test_unpinned_run_also_accounts_for_everything(ring_dir):
+    cfg = B.Settings(ndesc=1 << 12, arena_bytes=8 << 20, copyq_bytes=1 << 20, pin=False)
+    runs = [B.run_one(m, 1500, 2, 2000, cfg) for m in ("ring-py", "zmq", "copyq")]
+    assert all(r.error is None and r.complete() for r in runs), [r.error for r in runs]

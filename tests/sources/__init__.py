@@ -1,0 +1,1 @@
+"""Tests of the capture sources (pcap replay, AF_PACKET, AF_XDP)."""
