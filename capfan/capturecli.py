@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import signal
 import sys
 import time
@@ -95,14 +94,8 @@ def source_linktype(src, port: int) -> int:
 def ensure_ring(name: str, create: bool, linktype: int, ndesc: int, arena: int, snaplen: int,
                 full_policy: str) -> bool:
     """Create the ring if it is missing (and allowed); True if it was created."""
-    if os.path.exists(ringlib.ring_path(name)):
-        return False
-    if not create:
-        raise errors.RingNotFound(f"no ring {name!r} in {ringlib.ring_dir()} "
-                                  f"(create it with: capfan ring create {name}, or drop --no-create)")
-    ringlib.create(name, ndesc=ndesc, arena_bytes=arena, linktype=linktype, snaplen=snaplen,
-                   full_policy=full_policy, exist_ok=True)
-    return True
+    return ringlib.ensure(name, create, ndesc=ndesc, arena_bytes=arena, linktype=linktype,
+                          snaplen=snaplen, full_policy=full_policy)
 
 
 def interface_warnings(iface: str, options: dict) -> list[str]:

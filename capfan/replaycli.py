@@ -43,15 +43,9 @@ def _rate(value: float, unit: str) -> str:
 
 def ensure_ring(name: str, create: bool, linktype: int, ndesc: int, arena: int, snaplen: int,
                 full_policy: str) -> bool:
-    """Create the ring with the file's link type when it is missing (and allowed); True if created."""
-    if os.path.exists(ringlib.ring_path(name)):
-        return False
-    if not create:
-        raise errors.RingNotFound(f"no ring {name!r} in {ringlib.ring_dir()} "
-                                  f"(create it with: capfan ring create {name}, or drop --no-create)")
-    ringlib.create(name, ndesc=ndesc, arena_bytes=arena, linktype=linktype, snaplen=snaplen,
-                   full_policy=full_policy, exist_ok=True)
-    return True
+    """Create the ring if it is missing (and allowed); True if it was created."""
+    return ringlib.ensure(name, create, ndesc=ndesc, arena_bytes=arena, linktype=linktype,
+                          snaplen=snaplen, full_policy=full_policy)
 
 
 def summary(src: PcapSource, ring: str, seconds: float, error: str | None, interrupted: bool) -> dict:

@@ -113,6 +113,17 @@ def create(name: str, ndesc: int = 1 << 16, arena_bytes: int = 64 << 20, max_con
     return path
 
 
+def ensure(name: str, create_missing: bool = True, **geometry) -> bool:
+    """Create the ring with `geometry` if it is missing (and create_missing); True if created."""
+    if os.path.exists(ring_path(name)):
+        return False
+    if not create_missing:
+        raise errors.RingNotFound(f"no ring {name!r} in {ring_dir()} "
+                                  f"(create it with: capfan ring create {name}, or drop --no-create)")
+    create(name, exist_ok=True, **geometry)
+    return True
+
+
 def remove(name: str) -> None:
     """Delete a ring file; processes that have it mapped keep their mapping until they exit."""
     path = ring_path(name)

@@ -3,6 +3,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +26,9 @@ def wait_for(predicate, timeout=10.0, interval=0.005):
         if v or time.monotonic() >= end:
             return v
         time.sleep(interval)
+
+
+#: the sample captures shipped beside the repository (../shared/pcaps/tcpdump); override with
+#: $CAPFAN_PCAPS (the directory holding tcpdump/)
+PCAPS = (Path(os.environ.get("CAPFAN_PCAPS") or Path(__file__).resolve().parents[2] / "shared" / "pcaps")
+         / "tcpdump")

@@ -8,9 +8,11 @@ import tempfile
 import pytest
 
 from capfan._capfan_core import ffi, lib
-from tests.frames import ether, ipv4, tcp6, udp4
+from tests.frames import ipv4, tcp6, udp4
 
-PCAPS = "/work/shared/pcaps/tcpdump"
+from tests.conftest import PCAPS as _PCAPS
+
+PCAPS = str(_PCAPS)
 CORE = os.path.join(os.path.dirname(__file__), "..", "capfan", "_core")
 EINVAL, ENOTSUP = 7, 11
 

@@ -17,7 +17,7 @@ from capfan import summary
 from capfan.summary import summarize
 from tests.frames import ether, ipv4, ipv6, tcp6, udp4
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps" / "tcpdump"
+from tests.conftest import PCAPS  # noqa: E402
 ALL_PCAPS = sorted(p for p in PCAPS.glob("*") if p.suffix in (".pcap", ".pcapng"))
 
 # well-formed captures over every link type summarize() handles

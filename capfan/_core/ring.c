@@ -128,12 +128,16 @@ static _Thread_local int g_errcode;
 const char *capfan_last_error(void) { return g_err; }
 int capfan_last_error_code(void) { return g_errcode; }
 
+static void vfail(int code, const char *fmt, va_list ap) {
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    g_errcode = code;
+}
+
 static int fail(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vfail(code, fmt, ap);
     va_end(ap);
-    g_errcode = code;
     return -code;
 }
 
@@ -539,9 +543,8 @@ uint8_t *capfan_producer_arena(capfan_producer *p, uint64_t *len) {
 int capfan_set_error(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vfail(code, fmt, ap);
     va_end(ap);
-    g_errcode = code;
     return -code;
 }
 uint64_t capfan_producer_dropped(capfan_producer *p) { return p->r.ctl->dropped_full; }

@@ -10,8 +10,8 @@ import zlib
 
 from capfan import errors
 from capfan._capfan_core import ffi, lib
-from capfan.ring import parse_size
 from capfan.sources import Source, raise_last, register
+from capfan.sources.options import parse_bool as _parse_bool, parse_int as _parse_int
 
 FANOUT_MODES = {"none": -1, "hash": 0, "lb": 1, "cpu": 2, "rollover": 3, "random": 4, "qm": 5}
 FANOUT_FLAGS = {"defrag": 0x8000, "rollover": 0x1000}
@@ -19,34 +19,16 @@ DEFAULT_BLOCK_SIZE = 1 << 20      # see src_afpacket.c for why these defaults
 DEFAULT_BLOCK_COUNT = 64
 DEFAULT_BLOCK_TIMEOUT_MS = 10
 MAX_RING_BYTES = 16 << 30
-_TRUE = {"1", "yes", "true", "on", "y"}
-_FALSE = {"0", "no", "false", "off", "n"}
 
 
 def parse_bool(name: str, value) -> bool:
-    """True/False from a bool, int or text like yes/no/on/off/1/0."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise errors.SourceError(f"afpacket option {name}={value!r}: expected yes or no")
+    """An afpacket yes/no option."""
+    return _parse_bool("afpacket", name, value)
 
 
 def parse_int(name: str, value, lo: int, hi: int, size: bool = False) -> int:
-    """An integer option (a size like 4M when size=True) within [lo, hi]."""
-    try:
-        n = parse_size(value) if size else int(str(value), 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise errors.SourceError(f"afpacket option {name}={value!r}: expected "
-                                 f"{'a size like 4096 or 1M' if size else 'an integer'}") from None
-    if not lo <= n <= hi:
-        raise errors.SourceError(f"afpacket option {name}={value!r}: must be between {lo} and {hi}")
-    return n
+    """An afpacket integer/size option within [lo, hi]."""
+    return _parse_int("afpacket", name, value, lo, hi, size)
 
 
 def parse_fanout_flags(value) -> int:

@@ -10,42 +10,25 @@ from __future__ import annotations
 from capfan import errors
 from capfan._capfan_core import ffi, lib
 from capfan.sources import STAT_FIELDS, Source, raise_last, register
+from capfan.sources.options import parse_bool, parse_choice, parse_int
 
 XDP_MODES = {"auto": 0, "skb": 1, "generic": 1, "native": 2, "drv": 2}
 BIND_MODES = {"auto": 0, "copy": 1, "zerocopy": 2, "zero-copy": 2, "zc": 2}
 XDP_MODE_NAMES = {0: None, 1: "skb", 2: "native"}
 LINKTYPE_ETHERNET = 1
 _EBUSY = 5  # CAPFAN_EBUSY
-_TRUE = {"1", "yes", "true", "on", "y"}
-_FALSE = {"0", "no", "false", "off", "n"}
 
 
 def _bool(name: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise errors.SourceError(f"afxdp option {name}={value!r}: expected yes or no")
+    return parse_bool("afxdp", name, value)
 
 
 def _int(name: str, value, lo: int, hi: int) -> int:
-    try:
-        n = int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise errors.SourceError(f"afxdp option {name}={value!r}: expected an integer") from None
-    if not lo <= n <= hi:
-        raise errors.SourceError(f"afxdp option {name}={value!r}: must be between {lo} and {hi}")
-    return n
+    return parse_int("afxdp", name, value, lo, hi)
 
 
 def _choice(name: str, value, table: dict) -> int:
-    key = str(value).strip().lower()
-    if key not in table:
-        raise errors.SourceError(f"afxdp option {name}={value!r}: choose one of {', '.join(table)}")
-    return table[key]
+    return parse_choice("afxdp", name, value, table)
 
 
 @register

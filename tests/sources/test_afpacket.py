@@ -22,7 +22,9 @@ from tests.netns import veth  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.privileged
 
-PCAPS = "/work/shared/pcaps/tcpdump"
+from tests.conftest import PCAPS as _PCAPS
+
+PCAPS = str(_PCAPS)
 SAMPLES = ["dns_tcp.pcap", "tftp.pcap", "vxlan.pcap", "ssh.pcap", "geneve.pcap"]
 CAPFAN = [os.environ.get("CAPFAN_BIN", "capfan")]
 READY_TIMEOUT = 20.0

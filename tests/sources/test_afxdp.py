@@ -26,7 +26,9 @@ from tests.netns import veth  # noqa: F401  (fixture)
 pytestmark = pytest.mark.privileged
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PCAPS = "/work/shared/pcaps/tcpdump"
+from tests.conftest import PCAPS as _PCAPS
+
+PCAPS = str(_PCAPS)
 SAMPLES = ["dns_tcp", "tftp", "ssh", "vxlan"]
 FRAME = 2048
 HEADROOM = 256  # XDP_PACKET_HEADROOM: copy mode puts the packet this far into its frame

@@ -49,7 +49,7 @@ from capfan import ring as ringlib
 from capfan.sources import open_source
 from capfan.sources.pcap import PcapSource, parse_speed
 
-CORPUS = Path(os.environ.get("CAPFAN_PCAPS", Path(__file__).resolve().parents[3] / "shared" / "pcaps")) / "tcpdump"
+from tests.conftest import PCAPS as CORPUS  # noqa: E402
 RING_SNAPLEN = 65535
 MAX_CAPLEN = 256 * 1024
 OFFSET_RE = re.compile(r"at byte offset (\d+)")
