@@ -42,6 +42,8 @@
 #else
 #define cpu_relax() ((void)0)
 #endif
+#define ADAPT_SLEEP_NS 50000ull /* spin_us 0: spin when the last sleep was shorter than this */
+#define ADAPT_SPIN_NS 20000ull  /* ... for at most this long */
 #define LIVENESS_EVERY_NS 1000000ull /* check holders' pids at most every 1 ms while blocked */
 
 /* ---------------------------------------------------------------- control page */
@@ -119,6 +121,7 @@ struct capfan_consumer {
     uint32_t sel_cap;
     int outstanding;
     int detached;
+    uint64_t last_sleep_ns; /* how long the last futex sleep lasted (adaptive spinning) */
 };
 
 /* ---------------------------------------------------------------- errors, time, processes */
@@ -905,7 +908,12 @@ static int wait_data(capfan_consumer *k, uint64_t cur, int64_t timeout_ns) {
     if (timeout_ns == 0) return 0;
     uint64_t t0 = now_mono();
     uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : t0 + (uint64_t)timeout_ns;
-    uint64_t spin_end = t0 + (uint64_t)k->s->spin_us * 1000ull;
+    uint64_t spin_ns = (uint64_t)k->s->spin_us * 1000ull;
+    /* spin_us 0 is adaptive: while traffic flows so fast that the last sleep was shorter than
+     * ADAPT_SLEEP_NS, spin up to ADAPT_SPIN_NS first, because a futex sleep + the producer's
+     * wake-up syscall cost more than that; an idle consumer still blocks at once. */
+    if (spin_ns == 0 && k->last_sleep_ns && k->last_sleep_ns < ADAPT_SLEEP_NS) spin_ns = ADAPT_SPIN_NS;
+    uint64_t spin_end = t0 + spin_ns;
     uint64_t gen = c->generation;
     for (;;) {
         uint64_t now = now_mono();
@@ -925,6 +933,7 @@ static int wait_data(capfan_consumer *k, uint64_t cur, int64_t timeout_ns) {
             uint64_t left = deadline - now;
             /* wake at least every 100 ms to notice a dead producer */
             futex(&c->wake, FUTEX_WAIT, w, left < 100000000ull ? left : 100000000ull);
+            k->last_sleep_ns = now_mono() - now;
         }
         atomic_fetch_sub(&c->sleepers, 1);
         k->s->sleeping = 0;
