@@ -133,3 +133,153 @@ def _placement(split) -> str:
 def _cpus(cpus) -> str:
     """{1, 2, 3} -> '1,2,3'."""
     return ",".join(str(c) for c in sorted(cpus))
+
+
+# ---------------------------------------------------------------- capfan bench capture
+
+QUICK = {"packets": 20_000, "replay_packets": 500_000, "rounds": 1}
+
+
+def _capture_sizes(ctx, param, value: str) -> tuple[int, ...]:
+    """Click callback: frame sizes that fit a 1500-byte MTU veth (60..1514 bytes)."""
+    out = _int_list(ctx, param, value)
+    bad = [v for v in out if not 60 <= v <= 1514]
+    if bad:
+        raise click.BadParameter(f"frame sizes must be 60..1514 bytes (1500-byte MTU), not {bad}")
+    return tuple(dict.fromkeys(out))
+
+
+def _rates(ctx, param, value: str) -> tuple[int, ...]:
+    """Click callback: 'max,200k' -> (0, 200000); max = the generator's full speed."""
+    out = []
+    for v in (v.strip().lower() for v in value.split(",") if v.strip()):
+        if v == "max":
+            out.append(0)
+            continue
+        try:
+            pps = int(float(v[:-1]) * 1000) if v.endswith("k") else int(v)
+        except ValueError:
+            raise click.BadParameter(f"rate {v!r}: use max or packets per second like 200000 or 200k") from None
+        if pps <= 0:
+            raise click.BadParameter(f"rate {v!r} must be positive (or max)")
+        out.append(pps)
+    if not out:
+        raise click.BadParameter("give at least one rate")
+    return tuple(dict.fromkeys(out))
+
+
+def _capture_methods(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """Click callback: validate a comma-separated list of capture bench methods."""
+    if not value:
+        return None
+    from capfan.bench.capture import METHODS  # noqa: PLC0415
+
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [m for m in out if m not in METHODS]
+    if bad or not out:
+        raise click.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+    return out
+
+
+@bench.command("capture")
+@click.option("--packets", default=250_000, show_default=True, type=click.IntRange(min=1),
+              help="Live part: frames trafgen sends per run (each method, size and rate).")
+@click.option("--replay-packets", default=4_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Replay part: 64-byte frames in the pcap file (bigger frames: the same file size).")
+@click.option("--sizes", default="64,1500", show_default=True, callback=_capture_sizes,
+              help="Frame sizes in bytes (60..1514).")
+@click.option("--rates", default="max,200k", show_default=True, callback=_rates,
+              help="Generator rates: max (full speed, one trafgen worker) and/or packets per second.")
+@click.option("--methods", default=None, callback=_capture_methods,
+              help="Comma-separated: replay, replay-c, tcpdump-read, python-read (replay part); afpacket, "
+                   "afxdp, afxdp-skb, tcpdump (live part). Default: all.")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved rounds over everything; tables show medians, ratios are same-round pairs.")
+@click.option("--quick", is_flag=True,
+              help=f"Small counts and one round ({QUICK['packets']:,} live frames, {QUICK['replay_packets']:,} "
+                   "replayed; options given explicitly still win): the whole run in under 30 s.")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Replay alone on the first CPU (consumer on the others); captures on a CPU other than "
+                   "trafgen's (CPU 0).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also save every measurement to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-run progress lines on stderr.")
+@click.pass_context
+def capture_cmd(ctx, packets, replay_packets, sizes, rates, methods, rounds, quick, pin, json_path, quiet):
+    """Capture sources vs tcpdump: pcap replay rate, AF_PACKET/AF_XDP capture rate and drops on veth."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from capfan.bench import capture as C  # noqa: PLC0415
+
+    given = {k: v for k, v in dict(packets=packets, replay_packets=replay_packets, rounds=rounds).items()
+             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT or not quick}
+    cfg = C.Settings(sizes=sizes, rates=rates, methods=methods or tuple(C.METHODS), pin=pin,
+                     **{**(QUICK if quick else {}), **given})
+    info = C.machine_info()
+    t0 = time.monotonic()
+    try:
+        replay, live, live_methods, skip = _capture_runs(C, cfg, quiet)
+    except KeyboardInterrupt:
+        click.echo("capfan bench capture: interrupted; its namespaces, rings and files were removed", err=True)
+        sys.exit(130)
+    notes = [n for n in [skip] + C.live_methods(cfg)[1] if n]
+    replay_rows, live_rows = C.summarize_replay(replay), C.summarize_live(live)
+    ts = C.replay_targets(replay_rows) + C.live_targets(live_rows, live_methods, cfg.rates, skip)
+    ok = C.accounting_ok(replay, live)
+    header = _capture_header(C, cfg, info, time.monotonic() - t0, bool(live))
+    C.render(Console() if sys.stdout.isatty() else Console(width=190), replay_rows, live_rows, ts, header, notes, ok)
+    if json_path:
+        argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
+        settings = dict(command=shlex.join(argv), packets=cfg.packets, replay_packets=cfg.replay_packets,
+                        sizes=cfg.sizes, rates=cfg.rates, methods=cfg.methods, rounds=cfg.rounds, quick=quick,
+                        pin=pin, capture_cpus=sorted(C.capture_cpus(pin) or []), live_methods=live_methods)
+        with open(json_path, "w") as f:
+            json.dump(C.report_dict(replay, live, replay_rows, live_rows, ts, info, settings, notes), f,
+                      indent=1, default=str, allow_nan=False)
+    if not ok:
+        sys.exit(1)  # a bench that lost track of packets must not look like a success
+
+
+def _capture_runs(C, cfg, quiet: bool):
+    """Both parts: (replay runs, live runs, live methods run, why the live part did not run)."""
+    skip = C.live_skip_reason(cfg)
+    if skip and "root" in skip:
+        click.echo(f"capfan bench capture: {skip}", err=True)
+    replay = C.run_replay(cfg, progress=None if quiet else _replay_progress)
+    if skip:
+        return replay, [], [], skip
+    methods = C.live_methods(cfg)[0]
+    try:
+        live = C.run_live(cfg, progress=None if quiet else _live_progress, methods=methods)
+    except C.LiveSetupError as e:
+        click.echo(f"capfan bench capture: {e}", err=True)
+        return replay, [], [], str(e)
+    return replay, live, methods, None
+
+
+def _capture_header(C, cfg, info: dict, seconds: float, live: bool) -> str:
+    """One paragraph: machine, tools, placement, counts."""
+    cap = C.capture_cpus(cfg.pin)
+    text = (f"capfan bench capture: {info['cpus']} CPUs ({info['cpu_model']}), kernel {info['kernel']}; "
+            f"replay file on tmpfs, ring in {info['ring_dir']} ({info['ring_fs']}); "
+            f"{cfg.replay_packets:,} replayed 64-byte frames per run")
+    if live:
+        text += (f"; live: {info['trafgen'] or 'trafgen'} with one worker on CPU 0 -> veth -> captures on "
+                 f"{'CPU ' + ','.join(map(str, sorted(cap))) if cap else 'any CPU'}, {cfg.packets:,} frames "
+                 f"per run at {', '.join(C.rate_label(r) for r in cfg.rates)}; {info['tcpdump'] or ''}")
+    return text + f"; {cfg.rounds} round(s) in {seconds:.0f} s"
+
+
+def _replay_progress(i: int, total: int, r, seconds: float) -> None:
+    """One stderr line per finished replay run."""
+    what = f"error: {r.error.splitlines()[0]}" if r.error else f"{r.wall_pps / 1e6:.2f} Mpps wall"
+    click.echo(f"[replay {i}/{total}] {r.method} {r.size} B: {what} ({seconds:.1f} s)", err=True)
+
+
+def _live_progress(i: int, total: int, r, seconds: float) -> None:
+    """One stderr line per finished live run."""
+    from capfan.bench.capture import rate_label  # noqa: PLC0415
+
+    what = (f"error: {r.error.splitlines()[0][:160]}" if r.error else
+            f"sent {r.sent}, captured {r.captured}, drops {r.drops}, unaccounted {r.unaccounted}")
+    click.echo(f"[live {i}/{total}] {r.method} {r.size} B {rate_label(r.rate)}: {what} ({seconds:.1f} s)", err=True)
