@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan import errors
+from capfan.bench.report import Target, targets_table
+from capfan.bench.report import fmt as _f
 
 REPLAY_TARGET_PPS = 10_000_000    # issue: pcap replay >= 10 Mpps for 64-byte packets on one core
 FIXED_RATE_PPS = 200_000          # a rate this 2-core VM sustains with every method (see README)
@@ -1014,15 +1016,6 @@ def _live_row(key, g: list[LiveRun], base: list[LiveRun]) -> LiveRow:
     return row
 
 
-@dataclass
-class Target:
-    """One line of the targets section."""
-    target: str
-    measured: str
-    ok: bool | None  # None: not measured in this run (part skipped, baseline missing)
-    note: str = ""
-
-
 def replay_targets(rows: list[ReplayRow]) -> list[Target]:
     """pcap replay >= 10 Mpps per core at 64 B, without and with one reliable consumer."""
     out = []
@@ -1112,11 +1105,6 @@ def _version(argv) -> str:
     return ((r.stdout or r.stderr).strip().splitlines() or [""])[0]
 
 
-def _f(x: float, fmt: str = "{:.1f}", dash: str = "-") -> str:
-    """Format a number; NaN becomes `dash`."""
-    return dash if x != x else fmt.format(x)
-
-
 def replay_table(rows: list[ReplayRow]):
     """rich Table of the replay part."""
     from rich.table import Table  # noqa: PLC0415
@@ -1157,19 +1145,6 @@ def live_table(rows: list[LiveRow], size: int):
                   _f(r.gen_kpps, "{:.0f}"), _f(r.cap_kpps, "{:.0f}"), _f(r.cpu_ns, "{:.0f}"),
                   _f(r.cpu_share * 100, "{:.0f}%"), _f(r.vs_tcpdump, "{:.3f}x", ""),
                   _f(r.vs_tcpdump_cpu, "{:.2f}x", ""))
-    return t
-
-
-def targets_table(ts: list[Target]):
-    """rich Table of the targets with PASS/MISS."""
-    from rich.table import Table  # noqa: PLC0415
-
-    t = Table(title="targets", title_justify="left")
-    for col in ("target", "measured", "result", "note"):
-        t.add_column(col)
-    for x in ts:
-        res = "[green]PASS[/green]" if x.ok else ("n/a" if x.ok is None else "[red]MISS[/red]")
-        t.add_row(x.target, x.measured, res, x.note)
     return t
 
 

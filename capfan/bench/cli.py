@@ -30,17 +30,24 @@ def _frame_sizes(ctx, param, value: str) -> tuple[int, ...]:
     return out
 
 
+def _method_list(value: str | None, methods) -> tuple[str, ...] | None:
+    """A validated comma-separated list of bench methods (None = the default set)."""
+    if not value:
+        return None
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [m for m in out if m not in methods]
+    if bad or not out:
+        raise click.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(methods)}")
+    return out
+
+
 def _methods(ctx, param, value: str | None) -> tuple[str, ...] | None:
-    """Click callback: validate a comma-separated list of bench methods (None = the default set)."""
+    """Click callback: validate `capfan bench ring --methods`."""
     if not value:
         return None
     from capfan.bench.ring import METHODS  # noqa: PLC0415 - keep `capfan --help` fast
 
-    out = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [m for m in out if m not in METHODS]
-    if bad or not out:
-        raise click.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
-    return out
+    return _method_list(value, METHODS)
 
 
 def _size(ctx, param, value: str) -> int:
@@ -169,16 +176,12 @@ def _rates(ctx, param, value: str) -> tuple[int, ...]:
 
 
 def _capture_methods(ctx, param, value: str | None) -> tuple[str, ...] | None:
-    """Click callback: validate a comma-separated list of capture bench methods."""
+    """Click callback: validate `capfan bench capture --methods`."""
     if not value:
         return None
     from capfan.bench.capture import METHODS  # noqa: PLC0415
 
-    out = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [m for m in out if m not in METHODS]
-    if bad or not out:
-        raise click.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
-    return out
+    return _method_list(value, METHODS)
 
 
 @bench.command("capture")

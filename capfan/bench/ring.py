@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan._capfan_core import ffi, lib
+from capfan.bench.report import Target, targets_table
+from capfan.bench.report import fmt as _f
 
 LINE_RATE_64B = 14_880_952        # 10GbE at 64-byte frames (84 B on the wire incl. preamble/IFG)
 PRODUCER_SCALING_TARGET = 1.2     # producer ns/pkt at 8 consumers <= 1.2x that at 1
@@ -771,15 +773,6 @@ def summarize(runs: list[RunResult]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.size, order.get(r.method, 99), r.n))
 
 
-@dataclass
-class Target:
-    """One line of the targets section."""
-    target: str
-    measured: str
-    ok: bool | None  # None: could not be measured with the chosen sizes/consumers/methods
-    note: str = ""
-
-
 def _find(rows, method, size, n) -> Row | None:
     return next((r for r in rows if (r.method, r.size, r.n) == (method, size, n)), None)
 
@@ -891,10 +884,6 @@ def _fs_type(path: str) -> str:
     return fs
 
 
-def _f(x: float, fmt: str = "{:.1f}", dash: str = "-") -> str:
-    return dash if x != x else fmt.format(x)
-
-
 def size_table(rows: list[Row], size: int):
     """rich Table of every method and N at one frame size."""
     from rich.table import Table  # noqa: PLC0415
@@ -917,19 +906,6 @@ def size_table(rows: list[Row], size: int):
                   f"{_f(r.producer_ns, '{:.0f}')} ({_f(r.producer_sys_ns, '{:.0f}')})",
                   f"{r.blocked:.0%}" if r.method.startswith("ring") else "",
                   nd, _f(r.vs_zmq, "{:.1f}x", ""), _f(r.vs_copyq, "{:.2f}x", ""))
-    return t
-
-
-def targets_table(ts: list[Target]):
-    """rich Table of the targets with PASS/MISS."""
-    from rich.table import Table  # noqa: PLC0415
-
-    t = Table(title="targets", title_justify="left")
-    for col in ("target", "measured", "result", "note"):
-        t.add_column(col)
-    for x in ts:
-        res = "[green]PASS[/green]" if x.ok else ("n/a" if x.ok is None else "[red]MISS[/red]")
-        t.add_row(x.target, x.measured, res, x.note)
     return t
 
 

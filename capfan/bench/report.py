@@ -1,0 +1,31 @@
+"""Pieces every `capfan bench` report shares: target lines with PASS/MISS and number formatting."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Target:
+    """One line of a benchmark's targets section."""
+    target: str
+    measured: str
+    ok: bool | None  # None: not measured in this run (part skipped, sizes/methods not chosen)
+    note: str = ""
+
+
+def fmt(x: float, spec: str = "{:.1f}", dash: str = "-") -> str:
+    """Format a number; NaN (not measured) becomes `dash`."""
+    return dash if x != x else spec.format(x)
+
+
+def targets_table(ts: list[Target]):
+    """rich Table of the targets with PASS/MISS."""
+    from rich.table import Table  # noqa: PLC0415 - keep `capfan --help` fast
+
+    t = Table(title="targets", title_justify="left")
+    for col in ("target", "measured", "result", "note"):
+        t.add_column(col)
+    for x in ts:
+        res = "[green]PASS[/green]" if x.ok else ("n/a" if x.ok is None else "[red]MISS[/red]")
+        t.add_row(x.target, x.measured, res, x.note)
+    return t
