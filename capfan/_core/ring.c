@@ -106,7 +106,7 @@ struct capfan_producer {
     uint64_t rsv_pos;     /* reserved packet */
     uint64_t rsv_alloc;   /* arena bytes reserved for it */
     uint32_t rsv_len;
-    uint64_t blocked_start, last_liveness;
+    uint64_t last_liveness;
     pid_t pid;
     int closed;
     uint32_t external;    /* backend places packets itself (AF_XDP UMEM): arena bytes per packet */

@@ -19,6 +19,7 @@ from capfan import ring as ringlib
 from tests.conftest import wait_for
 from tests.frames import ether, ipv4, udp4
 from tests.netns import veth  # noqa: F401 - fixture
+from tests.pcapfile import read_pcap, write_pcap
 
 pytestmark = pytest.mark.privileged
 
@@ -31,27 +32,6 @@ READY_TIMEOUT = 20.0
 
 
 # ------------------------------------------------------------------ pcap files
-
-def read_pcap(path):
-    """Frames of a classic pcap file (either byte order, µs or ns)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    off, frames = 24, []
-    while off + 16 <= len(data):
-        _sec, _frac, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
-        frames.append(data[off + 16:off + 16 + incl])
-        off += 16 + incl
-    return frames
-
-
-def write_pcap(path, frames):
-    """Ethernet pcap file holding frames."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1_700_000_000 + i, 0, len(fr), len(fr)) + fr)
-
 
 def tcpdump_filter(frames, expr, tmp):
     """The frames tcpdump keeps with filter expr (the oracle for --bpf)."""

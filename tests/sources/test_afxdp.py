@@ -22,6 +22,8 @@ from capfan import ring as R
 from tests.conftest import ring_dir, wait_for  # noqa: F401  (ring_dir is a fixture)
 from tests.frames import udp4
 from tests.netns import veth  # noqa: F401  (fixture)
+from tests import pcapfile
+from tests.pcapfile import read_pcap
 
 pytestmark = pytest.mark.privileged
 
@@ -74,26 +76,9 @@ def tools(monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------ helpers
 
-def read_pcap(path):
-    """Frames of a classic pcap file (either byte order, us or ns)."""
-    data = open(path, "rb").read()
-    magic = data[:4]
-    end = {b"\xd4\xc3\xb2\xa1": "<", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\xa1\xb2\x3c\x4d": ">"}[magic]
-    pos, out = 24, []
-    while pos + 16 <= len(data):
-        _, _, incl, _ = struct.unpack(end + "IIII", data[pos:pos + 16])
-        out.append(data[pos + 16:pos + 16 + incl])
-        pos += 16 + incl
-    return out
-
-
 def write_pcap(path, frames):
     """Write Ethernet frames as a classic pcap (1 ms apart)."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(fr), len(fr)))
-            f.write(fr)
+    pcapfile.write_pcap(path, frames, gap_us=1000)
 
 
 def numbered(i, size=300):
