@@ -189,13 +189,33 @@ int capfan_bpf_match(const capfan_bpf *f, const uint8_t *pkt, uint32_t caplen, u
 void capfan_bpf_free(capfan_bpf *f);
 """
 
+# Components that carry their own cffi declarations in `<name>.cdef` beside `<name>.h`
+# (kept in step with the header by hand: cffi cannot parse headers with macros/inlines).
+COMPONENTS = ["flowmeter", "pcapwrite"]
+
+
+def components():
+    """(sources, cdef text, #include lines) of the components present in the tree."""
+    srcs, cdef, incs = [], "", ""
+    for name in COMPONENTS:
+        if not os.path.exists(os.path.join(HERE, name + ".c")):
+            continue
+        srcs.append(name + ".c")
+        with open(os.path.join(HERE, name + ".cdef")) as f:
+            cdef += f.read()
+        incs += f'#include "{name}.h"\n'
+    return srcs, cdef, incs
+
+
 _sources, _defines, _libs = configure()
+_csrcs, _ccdef, _cincs = components()
+_sources += _csrcs
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF + SOURCE_CDEF + (BPF_CDEF if os.path.exists(os.path.join(HERE, "bpf.h")) else ""))
+ffibuilder.cdef(CDEF + SOURCE_CDEF + (BPF_CDEF if os.path.exists(os.path.join(HERE, "bpf.h")) else "") + _ccdef)
 ffibuilder.set_source(
     "capfan._capfan_core",
     '#include "ring.h"\n#include "parse.h"\n#include "ringbench.h"\n#include "source.h"\n'
-    + ('#include "bpf.h"\n' if os.path.exists(os.path.join(HERE, "bpf.h")) else ""),
+    + ('#include "bpf.h"\n' if os.path.exists(os.path.join(HERE, "bpf.h")) else "") + _cincs,
     sources=[os.path.relpath(os.path.join(HERE, s)) for s in _sources],
     include_dirs=[os.path.relpath(HERE)],
     define_macros=_defines,
