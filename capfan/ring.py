@@ -394,6 +394,14 @@ class Batch:
     def __len__(self) -> int:
         return self.nsel
 
+    @property
+    def c_handles(self):
+        """(capfan_consumer *, capfan_batch *) cffi pointers, for C code that meters or writes
+        the batch in place (flow meter, recorder)."""
+        if self._c._c is None or self._released:
+            raise errors.RingError("the batch was released or its consumer closed")
+        return self._c._c, self._c._b
+
     def wirelens(self) -> np.ndarray:
         """Wire lengths of the selected packets as uint32, including lengths above 65535
         (stored after the packet bytes when CAPFAN_F_WIRELEN_SAT is set)."""
