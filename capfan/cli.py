@@ -33,11 +33,13 @@ def _register():
     from capfan.bench.cli import bench
     from capfan.capturecli import capture
     from capfan.replaycli import replay
+    from capfan.analyzecli import analyze
 
     main.add_command(ring)
     main.add_command(bench)
     main.add_command(replay)
     main.add_command(capture)
+    main.add_command(analyze)
 
 
 _register()

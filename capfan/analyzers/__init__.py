@@ -16,6 +16,7 @@ Records go out with ``ctx.emit(stream, records)``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from importlib import metadata
 from typing import Any, Callable
@@ -121,7 +122,14 @@ def available() -> dict[str, metadata.EntryPoint]:
 
 
 def load(name: str) -> type:
-    """The analyzer class registered as `name`; ConfigError lists the installed ones."""
+    """The analyzer class registered as `name`, or given as `module:Class` (handy while writing
+    one, before it is packaged); ConfigError lists the installed ones."""
+    if ":" in name:
+        mod, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError("analyzer", f"cannot load analyzer {name!r}: {e}") from e
     eps = available()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none installed"
