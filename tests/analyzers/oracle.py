@@ -147,6 +147,11 @@ def _pair_totals(table: dict) -> dict:
     return dict(out)
 
 
+def _keys_of_pair(table: dict, pair) -> dict:
+    """Counters of the table's keys on one address pair, keyed by text (for failure messages)."""
+    return {" ".join(map(str, k)): v["c"] for k, v in table.items() if (min(k[2], k[4]), max(k[2], k[4])) == pair}
+
+
 def compare(ours: dict, theirs: dict, stats: dict, corrupt: str | None) -> dict:
     """Reconcile the two tables; returns {"matched": n, "rules": {rule: pairs}, "unexplained": [...]}."""
     matched = 0
@@ -194,6 +199,5 @@ def compare(ours: dict, theirs: dict, stats: dict, corrupt: str | None) -> dict:
                 rules["corrupt_file"] += 1
                 continue
         unexplained.append({"pair": p, "capfan": co, "oracle": ct, "flags": rec.flag_names(flags_by_pair[p]),
-                            "keys_capfan": {k: v["c"] for k, v in ours.items() if (min(k[2], k[4]), max(k[2], k[4])) == p},
-                            "keys_oracle": {k: v["c"] for k, v in theirs.items() if (min(k[2], k[4]), max(k[2], k[4])) == p}})
+                            "keys_capfan": _keys_of_pair(ours, p), "keys_oracle": _keys_of_pair(theirs, p)})
     return {"matched": matched, "rules": dict(rules), "unexplained": unexplained}
