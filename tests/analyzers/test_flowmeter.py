@@ -269,6 +269,28 @@ def test_gre_is_metered_as_the_outer_flow_by_default():
     assert r["octetDeltaCount"] == 20 + 4 + 40
 
 
+@pytest.mark.parametrize("outer", [IP(src="203.0.113.1", dst="203.0.113.2") / INNER,
+                                   IP(src="203.0.113.1", dst="203.0.113.2") / IPv6() / UDP()])
+def test_ip_in_ip_is_flagged_tunnel(outer):
+    (r,), _ = meter([(0, Ether() / outer)], decap="gre,vxlan,mpls")
+    assert r["protocolIdentifier"] == outer.proto and r["flowFlags"] & R.FLOW_TUNNEL
+    assert addr(r) == "203.0.113.1"
+
+
+def test_erspan_type3_decap_and_malformed_inner_is_bad_tunnel():
+    inner = raw(Ether() / INNER)
+    gre = struct.pack("!HH", 0, 0x22EB)
+    erspan3 = struct.pack("!III", 2 << 28, 0, 0)  # no platform subheader (O bit clear)
+    p = raw(Ether() / IP(src="203.0.113.1", dst="203.0.113.2", proto=47) / Raw(gre + erspan3 + inner))
+    (r,), _ = meter([(0, p)], decap="gre")
+    assert (addr(r), r["destinationTransportPort"]) == ("192.168.1.1", 22)
+    cut = p[:len(p) - len(inner) + 20]  # inner frame stops inside its IP header
+    recs, st = meter([(0, cut)], decap="gre")
+    assert len(recs) == 0 and st["bad"]["tunnel"] == 1
+    (r,), st = meter([(0, cut)])  # without decap it is just the outer GRE flow
+    assert r["protocolIdentifier"] == 47
+
+
 def test_gre_decap_meters_the_inner_flow():
     p = Ether() / IP(src="203.0.113.1", dst="203.0.113.2") / GRE() / INNER
     (r,), _ = meter([(0, p)], decap=("gre",))
