@@ -168,7 +168,7 @@ class FlowTable:
         """Free the table (pending records are lost: drain first)."""
         if self._fm is not None:
             fm, self._fm = self._fm, None
-            lib.capfan_flowmeter_free(ffi.gc(fm, None))
+            ffi.release(fm)  # runs capfan_flowmeter_free now, once
 
     def __enter__(self):
         return self

@@ -4,8 +4,11 @@
  * Memory is allocated once in capfan_flowmeter_new(): the flow entries, their hash buckets and
  * the first-fragment table. Only the output buffer of ended records grows. Expiry is O(1) per
  * packet: flows sit on three intrusive lists whose heads are always the next to expire:
- *   - idle: every flow, by last-seen (moved to the tail on each packet; head = least recent,
- *     also the victim when the table is full);
+ *   - idle: every flow, by last-seen. A packet only updates last_ns (moving the flow to the
+ *     tail would touch two more random entries per packet); the head is requeued lazily when
+ *     it turns out to have been seen since it was queued (second chance), so the head is the
+ *     least recently seen flow (give or take capture reordering) and the victim when the
+ *     table is full;
  *   - active: open flows with packets, by record start (FIFO);
  *   - linger: flows that ended (FIN both ways / RST), by the end of their linger time (FIFO,
  *     the linger being the same for all).
@@ -15,6 +18,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define NIL UINT32_MAX
@@ -72,6 +76,7 @@ typedef struct flow {
     link q;              /* active or linger list (qlist says which) */
     uint64_t first_ns;   /* start of the current record (active timeout) */
     uint64_t last_ns;    /* last packet, either side (idle timeout) */
+    uint64_t queued_ns;  /* last_ns when (re)queued on the idle list */
     uint64_t linger_until;
     uint64_t pk[2], oct[2], l2[2], start[2], end[2];
     uint16_t flags, port, first_icmp;
@@ -129,6 +134,25 @@ static uint64_t wall_now(void) {
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* Zeroed memory for a big table, on transparent huge pages where the kernel allows (a flow
+ * lookup is a random access: 4 KiB pages would add a TLB miss to each). Pages are touched
+ * only as entries are used. */
+static void *table_alloc(size_t bytes) {
+    if (bytes < (2u << 20)) return calloc(1, bytes);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+static void table_free(void *p, size_t bytes) {
+    if (!p) return;
+    if (bytes < (2u << 20)) free(p);
+    else munmap(p, bytes);
+}
+
 static uint32_t pow2_at_least(uint64_t n) {
     uint32_t p = 1;
     while (p < n && p < (1u << 31)) p <<= 1;
@@ -161,6 +185,13 @@ static inline void q_leave(capfan_flowmeter *fm, uint32_t i) {
     if (f->qlist == Q_ACTIVE) list_del(fm->flows, &fm->active, i, 1);
     else if (f->qlist == Q_LINGER) list_del(fm->flows, &fm->linger, i, 1);
     f->qlist = Q_NONE;
+}
+
+/* Move flow i from the idle list's head to its tail: it was seen since it was queued. */
+static inline void requeue(capfan_flowmeter *fm, uint32_t i) {
+    list_del(fm->flows, &fm->idle, i, 0);
+    list_push(fm->flows, &fm->idle, i, 0);
+    fm->flows[i].queued_ns = fm->flows[i].last_ns;
 }
 
 /* ---- records ---- */
@@ -275,6 +306,10 @@ static uint32_t flow_alloc(capfan_flowmeter *fm) {
         i = fm->used_hw++;
     } else { /* full: the least recently seen flow makes room */
         uint32_t v = fm->idle.head;
+        while (fm->flows[v].last_ns > fm->flows[v].queued_ns) { /* seen since queued */
+            requeue(fm, v);
+            v = fm->idle.head;
+        }
         flow *f = &fm->flows[v];
         if (f->state == ST_LINGER) flow_end(fm, v, CAPFAN_END_EOF); /* it was over anyway */
         else flow_end(fm, v, CAPFAN_END_RESOURCES);
@@ -393,9 +428,14 @@ static void expire(capfan_flowmeter *fm) {
     while (fm->linger.head != NIL && fl[fm->linger.head].linger_until <= now)
         flow_end(fm, fm->linger.head, CAPFAN_END_EOF);
     if (idle) {
-        while (fm->idle.head != NIL && fl[fm->idle.head].last_ns + idle <= now) {
+        /* only heads queued an idle time ago can be idle; seen since: requeue (second chance) */
+        while (fm->idle.head != NIL && fl[fm->idle.head].queued_ns + idle <= now) {
             uint32_t i = fm->idle.head;
-            flow_end(fm, i, fl[i].state == ST_LINGER ? CAPFAN_END_EOF : CAPFAN_END_IDLE);
+            if (fl[i].last_ns + idle <= now) {
+                flow_end(fm, i, fl[i].state == ST_LINGER ? CAPFAN_END_EOF : CAPFAN_END_IDLE);
+            } else {
+                requeue(fm, i);
+            }
         }
     }
     if (active) {
@@ -461,13 +501,18 @@ static void flow_finish(capfan_flowmeter *fm, uint32_t i, uint64_t ts) {
     f->qlist = Q_LINGER;
 }
 
-/* Meter one parsed IP packet (info->bad == 0, CAPFAN_F_L3 set). */
-static void meter(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32_t wirelen,
-                  uint16_t port) {
-    if (ts > fm->st.now_ns) {
-        fm->st.now_ns = ts;
-        expire(fm);
-    }
+/* A packet's flow key and what goes with it, computed ahead of the table lookup so that a
+ * chunk of packets can prefetch their buckets and entries. */
+typedef struct pkey {
+    fkey k;
+    uint32_t hash, bucket;
+    uint16_t pflags, icmp_first;
+    uint8_t side, tcp_known, tcp_flags, _pad;
+} pkey;
+
+/* Key of one parsed IP packet (info->bad == 0, CAPFAN_F_L3 set); fragments are looked up (and
+ * first fragments remembered) here, in packet order. */
+static void make_key(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, pkey *pk) {
     uint16_t pflags = (uint16_t)(in->pflags & PKT_FLAGS);
     int v6 = in->ip_version == 6, orphan = 0;
     if (!v6) { /* the parser fills 4 bytes; fragment keys compare 16 */
@@ -482,7 +527,7 @@ static void meter(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32
             frag_remember(fm, in, ts);
         } else {
             uint32_t g = frag_find(fm, in, frag_bucket(fm, in));
-            if (g != NIL) {
+            if (g != NIL && fm->frags[g].ts + fm->cfg.fragment_timeout_ns > ts) {
                 in->sport = fm->frags[g].sport;
                 in->dport = fm->frags[g].dport;
             } else {
@@ -495,15 +540,14 @@ static void meter(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32
             tcp_known = 0;
         }
     }
-
-    /* key */
-    fkey k;
-    k.w[4] = k.w[5] = 0;
-    uint16_t sp = in->sport, dp = in->dport, icmp_first = 0;
+    fkey *k = &pk->k;
+    k->w[4] = k->w[5] = 0;
+    uint16_t sp = in->sport, dp = in->dport;
+    pk->icmp_first = 0;
     if ((in->proto == 1 || in->proto == 58) && !orphan) {
-        icmp_first = in->sport;
+        pk->icmp_first = in->sport;
         uint8_t t = icmp_fold((uint8_t)(in->proto == 58), (uint8_t)(in->sport >> 8), &pflags);
-        k.f.icmp = (uint16_t)(t << 8 | (in->sport & 0xFF));
+        k->f.icmp = (uint16_t)(t << 8 | (in->sport & 0xFF));
         sp = dp = 0;
     }
     uint8_t sa[16], da[16];
@@ -512,43 +556,61 @@ static void meter(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32
     int c = memcmp(sa, da, 16);
     int side = c > 0 || (c == 0 && sp > dp);
     if (!side) {
-        memcpy(k.f.a, sa, 16); memcpy(k.f.b, da, 16); k.f.pa = sp; k.f.pb = dp;
+        memcpy(k->f.a, sa, 16); memcpy(k->f.b, da, 16); k->f.pa = sp; k->f.pb = dp;
     } else {
-        memcpy(k.f.a, da, 16); memcpy(k.f.b, sa, 16); k.f.pa = dp; k.f.pb = sp;
+        memcpy(k->f.a, da, 16); memcpy(k->f.b, sa, 16); k->f.pa = dp; k->f.pb = sp;
     }
-    k.f.vlan = in->vlan;
-    k.f.inner_vlan = in->inner_vlan;
-    k.f.version = in->ip_version;
-    k.f.proto = in->proto;
-    uint32_t hash = capfan_sym_hash(in->src, in->dst, v6, in->proto, sp, dp);
-    uint32_t b = bucket_of(fm, hash, &k);
+    k->f.vlan = in->vlan;
+    k->f.inner_vlan = in->inner_vlan;
+    k->f.version = in->ip_version;
+    k->f.proto = in->proto;
+    pk->hash = capfan_sym_hash(in->src, in->dst, v6, in->proto, sp, dp);
+    pk->bucket = bucket_of(fm, pk->hash, k);
+    pk->pflags = pflags;
+    pk->side = (uint8_t)side;
+    pk->tcp_known = (uint8_t)tcp_known;
+    pk->tcp_flags = in->tcp_flags;
+}
 
+/* Meter one keyed packet into its flow. */
+static void meter(capfan_flowmeter *fm, const capfan_pkt_info *in, const pkey *pk, uint64_t ts,
+                  uint32_t wirelen, uint16_t port) {
+    if (ts > fm->st.now_ns) {
+        fm->st.now_ns = ts;
+        expire(fm);
+    }
     flow *fl = fm->flows;
+    uint32_t b = pk->bucket;
+    int side = pk->side;
     uint32_t i = fm->buckets[b];
-    while (i != NIL && !key_eq(&fl[i].k, &k)) i = fl[i].hnext;
-    int syn_only = tcp_known && (in->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
-    if (i != NIL && fl[i].state == ST_LINGER && syn_only) {
-        flow_end(fm, i, CAPFAN_END_EOF); /* a new connection reuses the ports */
-        i = NIL;
+    while (i != NIL && !key_eq(&fl[i].k, &pk->k)) i = fl[i].hnext;
+    int syn_only = pk->tcp_known && (pk->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+    if (i != NIL) {
+        if (fm->cfg.idle_timeout_ns && fl[i].last_ns + fm->cfg.idle_timeout_ns <= ts) {
+            /* idle already (the idle list is checked lazily): this packet starts a new flow */
+            flow_end(fm, i, fl[i].state == ST_LINGER ? CAPFAN_END_EOF : CAPFAN_END_IDLE);
+            i = NIL;
+        } else if (fl[i].state == ST_LINGER && syn_only) {
+            flow_end(fm, i, CAPFAN_END_EOF); /* a new connection reuses the ports */
+            i = NIL;
+        }
     }
     if (i == NIL) {
         i = flow_alloc(fm);
         flow *f = &fl[i];
         memset(f, 0, sizeof *f);
-        f->k = k;
-        f->hash = hash;
+        f->k = pk->k;
+        f->hash = pk->hash;
         f->init = (uint8_t)side;
         f->port = port;
-        f->first_icmp = icmp_first;
+        f->first_icmp = pk->icmp_first;
         f->state = ST_EMPTY;
+        f->last_ns = f->queued_ns = ts;
         f->hnext = fm->buckets[b];
         fm->buckets[b] = i;
         list_push(fl, &fm->idle, i, 0);
         fm->st.flows_created++;
         if (++fm->st.flows_active > fm->st.flows_active_max) fm->st.flows_active_max = fm->st.flows_active;
-    } else {
-        list_del(fl, &fm->idle, i, 0);
-        list_push(fl, &fm->idle, i, 0);
     }
     flow *f = &fl[i];
     if (f->state == ST_EMPTY) { /* first packet of a record */
@@ -559,6 +621,7 @@ static void meter(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32
     }
 
     /* counters */
+    uint16_t pflags = pk->pflags;
     uint32_t l3 = in->l3_off;
     uint32_t avail = wirelen > l3 ? wirelen - l3 : 0;
     uint32_t iplen = in->ip_len ? in->ip_len : avail; /* 0: jumbogram / GSO frame */
@@ -569,34 +632,57 @@ static void meter(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32
     f->pk[side]++;
     f->oct[side] += iplen;
     f->l2[side] += wirelen;
-    f->tflags[side] |= in->tcp_flags;
+    f->tflags[side] |= pk->tcp_flags;
     f->flags |= pflags;
 
     /* TCP: who initiated, when it ended */
-    if (tcp_known && f->state == ST_OPEN) {
+    if (pk->tcp_known && f->state == ST_OPEN) {
         if (syn_only && !(f->flags & CAPFAN_FLOW_SYN_INITIATOR)) {
             f->init = (uint8_t)side;
             f->flags |= CAPFAN_FLOW_SYN_INITIATOR;
         }
-        if (in->tcp_flags & TCP_FIN) f->fin |= (uint8_t)(1u << side);
-        if ((in->tcp_flags & TCP_RST) || f->fin == 3) flow_finish(fm, i, ts);
+        if (pk->tcp_flags & TCP_FIN) f->fin |= (uint8_t)(1u << side);
+        if ((pk->tcp_flags & TCP_RST) || f->fin == 3) flow_finish(fm, i, ts);
     }
 }
 
-/* Classify one frame: metered (returns 1), non-IP or bad (counted, returns 0). */
-static inline int account(capfan_flowmeter *fm, capfan_pkt_info *in, uint64_t ts, uint32_t wirelen,
-                          uint16_t port) {
-    if (in->bad) {
-        fm->st.bad[in->bad]++;
-        return 0;
+/* Meter a chunk of parsed frames in three passes so the table's cache misses overlap:
+ * classify and key (prefetch the bucket), prefetch the bucket's first entry, meter. */
+static int64_t meter_chunk(capfan_flowmeter *fm, capfan_pkt_info *in, const uint64_t *ts,
+                           const uint32_t *wl, const uint16_t *port, uint32_t m) {
+    pkey pk[CHUNK];
+    uint8_t ip[CHUNK];
+    int64_t metered = 0;
+    fm->st.packets += m;
+    for (uint32_t j = 0; j < m; j++) {
+        ip[j] = 0;
+        if (in[j].bad) {
+            fm->st.bad[in[j].bad]++;
+        } else if (!(in[j].flags & CAPFAN_F_L3)) {
+            fm->st.non_ip++;
+        } else {
+            ip[j] = 1;
+            make_key(fm, &in[j], ts[j], &pk[j]);
+            __builtin_prefetch(&fm->buckets[pk[j].bucket]);
+        }
     }
-    if (!(in->flags & CAPFAN_F_L3)) {
-        fm->st.non_ip++;
-        return 0;
+    for (uint32_t j = 0; j < m; j++) {
+        if (!ip[j]) continue;
+        uint32_t h = fm->buckets[pk[j].bucket];
+        if (h != NIL) { /* key line and counter lines */
+            const char *e = (const char *)&fm->flows[h];
+            __builtin_prefetch(e, 1);
+            __builtin_prefetch(e + 64, 1);
+            __builtin_prefetch(e + 128, 1);
+        }
     }
-    meter(fm, in, ts, wirelen, port);
-    fm->st.ip_packets++;
-    return 1;
+    for (uint32_t j = 0; j < m; j++) {
+        if (!ip[j]) continue;
+        meter(fm, &in[j], &pk[j], ts[j], wl[j], port[j]);
+        metered++;
+    }
+    fm->st.ip_packets += (uint64_t)metered;
+    return metered;
 }
 
 static void note_arrival(capfan_flowmeter *fm) {
@@ -633,10 +719,10 @@ capfan_flowmeter *capfan_flowmeter_new(const capfan_flowmeter_config *cfg) {
     fm->bucket_mask = nb - 1;
     fm->fbucket_mask = nfb - 1;
     /* calloc: pages are touched only as flows are used */
-    fm->flows = calloc(c.max_flows, sizeof(flow));
-    fm->buckets = malloc((size_t)nb * sizeof(uint32_t));
-    fm->frags = calloc(c.max_fragments, sizeof(frag));
-    fm->fbuckets = malloc((size_t)nfb * sizeof(uint32_t));
+    fm->flows = table_alloc((size_t)c.max_flows * sizeof(flow));
+    fm->buckets = table_alloc((size_t)nb * sizeof(uint32_t));
+    fm->frags = table_alloc((size_t)c.max_fragments * sizeof(frag));
+    fm->fbuckets = table_alloc((size_t)nfb * sizeof(uint32_t));
     fm->out = malloc(OUT_INITIAL * sizeof(capfan_flow_record));
     if (!fm->flows || !fm->buckets || !fm->frags || !fm->fbuckets || !fm->out) {
         capfan_flowmeter_free(fm);
@@ -657,10 +743,10 @@ oom:
 
 void capfan_flowmeter_free(capfan_flowmeter *fm) {
     if (!fm) return;
-    free(fm->flows);
-    free(fm->buckets);
-    free(fm->frags);
-    free(fm->fbuckets);
+    table_free(fm->flows, (size_t)fm->nflows * sizeof(flow));
+    table_free(fm->buckets, ((size_t)fm->bucket_mask + 1) * sizeof(uint32_t));
+    table_free(fm->frags, (size_t)fm->nfrags * sizeof(frag));
+    table_free(fm->fbuckets, ((size_t)fm->fbucket_mask + 1) * sizeof(uint32_t));
     free(fm->out);
     free(fm);
 }
@@ -671,11 +757,20 @@ int64_t capfan_flowmeter_packets(capfan_flowmeter *fm, const uint8_t *buf, const
     uint32_t opts = fm->cfg.decap | CAPFAN_PARSE_GSO;
     uint64_t wall = ts_ns ? 0 : wall_now();
     int64_t metered = 0;
-    capfan_pkt_info in;
-    for (uint32_t j = 0; j < n; j++) {
-        fm->st.packets++;
-        capfan_parse_ex(buf + offs[j], caplens[j], linktype, opts, &in);
-        metered += account(fm, &in, ts_ns ? ts_ns[j] : wall, wirelens ? wirelens[j] : caplens[j], port);
+    capfan_pkt_info in[CHUNK];
+    uint64_t ts[CHUNK];
+    uint32_t wl[CHUNK];
+    uint16_t ports[CHUNK];
+    for (uint32_t j = 0; j < CHUNK; j++) ports[j] = port;
+    for (uint32_t base = 0; base < n; base += CHUNK) {
+        uint32_t m = n - base < CHUNK ? n - base : CHUNK;
+        for (uint32_t j = 0; j < m; j++) {
+            uint32_t x = base + j;
+            capfan_parse_ex(buf + offs[x], caplens[x], linktype, opts, &in[j]);
+            ts[j] = ts_ns ? ts_ns[x] : wall;
+            wl[j] = wirelens ? wirelens[x] : caplens[x];
+        }
+        metered += meter_chunk(fm, in, ts, wl, ports, m);
     }
     if (n) note_arrival(fm);
     return metered;
@@ -690,7 +785,9 @@ int64_t capfan_flowmeter_batch(capfan_flowmeter *fm, capfan_consumer *c, const c
     uint32_t n = b->nsel, cur_port = UINT32_MAX, lt = 0;
     int64_t metered = 0;
     capfan_pkt_info in[CHUNK];
+    uint64_t ts[CHUNK];
     uint32_t wl[CHUNK], idx[CHUNK];
+    uint16_t ports[CHUNK];
     for (uint32_t base = 0; base < n; base += CHUNK) {
         uint32_t m = n - base < CHUNK ? n - base : CHUNK;
         /* parse a chunk, then ask whether the producer overwrote any of it meanwhile
@@ -699,6 +796,8 @@ int64_t capfan_flowmeter_batch(capfan_flowmeter *fm, capfan_consumer *c, const c
             uint32_t x = b->sel ? b->sel[base + j] : base + j;
             const capfan_desc *d = &b->desc[x];
             idx[j] = x;
+            ts[j] = d->ts_ns;
+            ports[j] = d->port;
             uint64_t end = (uint64_t)d->off + d->caplen + ((d->flags & CAPFAN_F_WIRELEN_SAT) ? 4 : 0);
             if (end > arena_bytes) { /* only a torn descriptor can say this */
                 memset(&in[j], 0, sizeof in[j]);
@@ -714,12 +813,8 @@ int64_t capfan_flowmeter_batch(capfan_flowmeter *fm, capfan_consumer *c, const c
             capfan_parse_ex(b->arena + d->off, d->caplen, lt, opts, &in[j]);
         }
         uint32_t torn = capfan_consumer_torn(c, b);
-        for (uint32_t j = 0; j < m; j++) {
-            const capfan_desc *d = &b->desc[idx[j]];
-            fm->st.packets++;
-            if (idx[j] < torn) in[j].bad = CAPFAN_BAD_TORN;
-            metered += account(fm, &in[j], d->ts_ns, wl[j], d->port);
-        }
+        for (uint32_t j = 0; j < m && idx[j] < torn; j++) in[j].bad = CAPFAN_BAD_TORN;
+        metered += meter_chunk(fm, in, ts, wl, ports, m);
     }
     if (n) note_arrival(fm);
     return metered;

@@ -111,7 +111,8 @@ typedef struct capfan_flowmeter_stats {
     uint64_t fragments;          /* IP fragments seen (first and later) */
     uint64_t fragment_orphans;   /* later fragments whose first fragment was not seen */
     uint64_t flows_created;
-    uint64_t flows_ended[6];     /* by capfan_flow_end (index 1..5; [0] unused) */
+    uint64_t flows_ended[6];     /* records written, by capfan_flow_end (index 1..5; [0] unused);
+                                    an active-timeout cut writes a record, the flow goes on */
     uint64_t flows_active;       /* in the table now */
     uint64_t flows_active_max;   /* high-water mark */
     uint64_t records_pending;    /* ended, waiting in the output buffer */

@@ -48,9 +48,12 @@ class FlowMeter(Analyzer):
         """End every flow and ship the records."""
         self.table.flush()
         self._emit()
+        self._final = self.table.stats()
         self.table.close()
 
     def stats(self) -> dict:
-        """The flow table's counters (empty once stopped)."""
+        """The flow table's counters (their last values once stopped)."""
         t = getattr(self, "table", None)
-        return t.stats() if t is not None and t._fm is not None else {}
+        if t is None:
+            return {}
+        return t.stats() if t._fm is not None else self._final
