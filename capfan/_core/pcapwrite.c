@@ -174,6 +174,7 @@ static const capfan_bpf *filter_for(capfan_pcapw *w, uint32_t linktype) {
     return f;
 }
 
+/* A writer with the filter compiled for o->linktype up front. */
 capfan_pcapw *capfan_pcapw_new(const capfan_pcapw_opts *o) {
     if (o->format > CAPFAN_PCAPW_PCAPNG) {
         capfan_set_error(CAPFAN_EINVAL, "unknown capture file format %u", o->format);
@@ -215,6 +216,7 @@ capfan_pcapw *capfan_pcapw_new(const capfan_pcapw_opts *o) {
     return w;
 }
 
+/* Free everything the writer owns. */
 void capfan_pcapw_free(capfan_pcapw *w) {
     if (!w) return;
     for (uint32_t i = 0; i < w->nfilters; i++) capfan_bpf_free(w->filters[i].bpf);
@@ -226,6 +228,7 @@ void capfan_pcapw_free(capfan_pcapw *w) {
     free(w);
 }
 
+/* New file: SHB (pcapng) or the pcap header, which may wait for the link type. */
 int capfan_pcapw_begin_file(capfan_pcapw *w) {
     w->st.file_bytes = 0;
     w->st.file_packets = 0;
@@ -241,6 +244,7 @@ int capfan_pcapw_begin_file(capfan_pcapw *w) {
     return 0;
 }
 
+/* Make a packet-less pcap file valid: its header with the fallback link type. */
 void capfan_pcapw_end_file(capfan_pcapw *w) {
     if (w->header_pending) put_pcap_header(w, w->st.linktype != NO_LINKTYPE ? w->st.linktype : w->o.linktype);
 }
@@ -290,6 +294,7 @@ static void put_record(capfan_pcapw *w, uint32_t iface, uint64_t ts_ns, const ui
     put_bytes(w, pkt, caplen);
 }
 
+/* Filter, cut and append the selected packets until done or the file is full. */
 int64_t capfan_pcapw_add(capfan_pcapw *w, capfan_ring *r, const capfan_batch *b, uint32_t from) {
     capfan_ring_stats rs;
     capfan_ring_stats_get(r, &rs);
@@ -359,6 +364,7 @@ int64_t capfan_pcapw_add(capfan_pcapw *w, capfan_ring *r, const capfan_batch *b,
     return i;
 }
 
+/* Cut torn packets' records out, keeping any IDB between them; undo their counts. */
 uint32_t capfan_pcapw_drop_torn(capfan_pcapw *w, uint32_t torn) {
     uint32_t k = 0, dropped = 0;
     uint64_t cut = 0;       /* bytes removed so far: later records shift down by this much */
@@ -402,19 +408,23 @@ uint32_t capfan_pcapw_drop_torn(capfan_pcapw *w, uint32_t torn) {
     return dropped;
 }
 
+/* The last add's per-packet table. */
 const capfan_pcapw_rec *capfan_pcapw_records(capfan_pcapw *w, uint32_t *n) {
     *n = w->nrecs;
     return w->recs;
 }
 
+/* The buffered bytes. */
 const uint8_t *capfan_pcapw_buffer(capfan_pcapw *w, uint64_t *len) {
     *len = w->len;
     return w->buf;
 }
 
+/* Empty the buffer after the caller wrote it. */
 void capfan_pcapw_clear(capfan_pcapw *w) {
     w->len = 0;
     w->nrecs = 0; /* their offsets pointed into the bytes just handed out */
 }
 
+/* Counters snapshot. */
 void capfan_pcapw_get_stats(capfan_pcapw *w, capfan_pcapw_stats *out) { *out = w->st; }

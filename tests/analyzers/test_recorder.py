@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -442,3 +441,31 @@ def test_lapped_lossy_consumer_never_writes_torn_packets(ring_dir, tmp_path, fmt
     assert st["packets"] == len(written)
     assert st["torn"] == ring_view["torn"]          # the ring counted the same torn packets
     assert ring_view["dropped"] > ring_view["torn"]  # plus the lapped ones it skipped
+
+
+def test_torn_packets_cut_out_around_a_new_interface_block(ring_dir, tmp_path):
+    """The first packet of port 1 brings its IDB into the buffer; when that packet is torn the
+    IDB must stay (later port-1 packets refer to it) while the packet goes."""
+    ndesc = 64
+    out = tmp_path / "out"
+    rig = Rig(dir=str(out), format="pcapng", policy="lossy", ndesc=ndesc, arena=1 << 20)
+    rig.producer.set_linktype(1, 101)  # port 1: raw IP
+
+    def publish(ids, port):
+        rig.producer.publish([numbered(i) for i in ids], ts_ns=[10**9 * (1_700_000_000 + i) for i in ids],
+                             port=port)
+
+    publish(range(0, 10), 0)
+    publish(range(10, ndesc), 1)
+    b = rig.consumer.next(timeout=1)
+    assert len(b) == ndesc
+    publish(range(ndesc, ndesc + 15), 0)   # tears packets 0..14: port 0's and port 1's first ones
+    rig.rec.on_batch(b)
+    b.release()
+    rig.drain()
+    rig.close()
+    frames = tshark_frames(next(out.iterdir()))
+    assert [intact(f) for f in frames] == list(range(15, ndesc + 15))
+    encaps = [f.encap for f in frames]
+    assert encaps[:ndesc - 15] == [encaps[0]] * (ndesc - 15) and encaps[-1] != encaps[0]
+    assert rig.rec.stats()["torn"] == 15
