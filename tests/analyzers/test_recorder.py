@@ -190,10 +190,11 @@ def test_round_trip_equals_input(ring_dir, tmp_path, name, fmt):
             assert linktype == s.linktype()
 
 
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 @pytest.mark.parametrize("name", ["dns_udp.pcap", "of13_ericsson.pcapng", "msnlb2.pcapng", "dns_tcp.pcap"])
-def test_tcpdump_reads_the_same_packets(ring_dir, tmp_path, name):
+def test_tcpdump_reads_the_same_packets(ring_dir, tmp_path, name, fmt):
     src = sample(name)
-    _, files = record(src, tmp_path / "out")
+    _, files = record(src, tmp_path / "out", format=fmt)
     assert tcpdump_text(files[0]) == tcpdump_text(src)
 
 
