@@ -343,7 +343,11 @@ def load_pcap(path: str) -> Workload:
 def flow_table(max_flows: int = 1 << 20):
     """A FlowTable whose timeouts never split a flow of the bench (idle/active never expire;
     a FIN-ended flow lingers 1 s as in production, and nothing follows the FINs here)."""
-    from capfan.flowtable import FlowTable  # noqa: PLC0415 - only the C methods need it
+    try:
+        from capfan.flowtable import FlowTable  # noqa: PLC0415 - only the C methods need it
+    except ImportError as e:
+        raise errors.CapfanError(f"the C flow meter is not available ({e}); build it with "
+                                 "`python setup.py build_ext --inplace` in the capfan checkout") from None
 
     return FlowTable(max_flows=max(max_flows, 1 << 20), idle_timeout=NEVER_S, active_timeout=NEVER_S,
                      end_linger=1.0, fragment_timeout=30.0, max_fragments=65536, decap=())

@@ -23,11 +23,19 @@ class DnsDpkt(DnsCounter):
     def on_batch(self, batch) -> None:
         """Parse every packet; count the questions of DNS queries."""
         ports = batch.desc["port"].tolist()
-        for (ts, frame), port in zip(batch, ports):
+        for p in set(ports) - self._linktypes.keys():
+            self._linktypes[p] = self.ctx.linktype(p)
+        kinds = {self._linktypes[p] for p in set(ports)}
+        if len(kinds) == 1:
+            # one link type (the usual case): plain iteration, which for a lossy consumer also
+            # leaves out packets overwritten while being read
+            lt = kinds.pop()
+            packets = ((ts, frame, lt) for ts, frame in batch)
+        else:
+            ts_ns = batch.desc["ts_ns"].tolist()
+            packets = ((ts_ns[i], batch.packet(i), self._linktypes[p]) for i, p in enumerate(ports))
+        for ts, frame, lt in packets:
             self.counters["packets"] += 1
-            lt = self._linktypes.get(port)
-            if lt is None:
-                lt = self._linktypes[port] = self.ctx.linktype(port)
             try:
                 names = self._query_names(bytes(frame), lt)
             except _ERRORS:
