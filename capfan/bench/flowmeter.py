@@ -558,11 +558,12 @@ class Agreement:
     only_b: int = 0
     excluded: int = 0
     examples: list = field(default_factory=list)
+    error: str | None = None      # the check itself could not run
 
     @property
     def ok(self) -> bool:
         """Same flows, same counters."""
-        return self.differ == 0 and self.only_a == 0 and self.only_b == 0 and self.same > 0
+        return self.error is None and self.differ == 0 and self.only_a == 0 and self.only_b == 0 and self.same > 0
 
 
 def _addr16(a) -> bytes:
@@ -741,7 +742,7 @@ def run_bench(w: Workload, cfg: Settings, progress=None) -> tuple[list[MethodRun
     try:
         agree = check_agreement(w, cfg, lists, tables.get("dpkt"), tables.get("scapy"))
     except Exception as e:  # noqa: BLE001 - report it as a failed check, not a traceback
-        agree = [Agreement(f"check failed: {type(e).__name__}: {e}", 0, 0, 0, differ=1)]
+        agree = [Agreement("C flow table (ring) vs dpkt", 0, 0, 0, error=f"{type(e).__name__}: {e}")]
     return runs, agree
 
 
@@ -779,7 +780,8 @@ def summarize(runs: list[MethodRun]) -> list[Row]:
     for m in dict.fromkeys(r.method for r in runs):
         ok = [r for r in runs if r.method == m and r.error is None]
         mpps = _median([r.mpps for r in ok])
-        rows.append(Row(m, ok[0].packets if ok else 0, len(ok), _median([r.cpu_ns / 1e9 for r in ok]), mpps,
+        first = next(r for r in runs if r.method == m)
+        rows.append(Row(m, first.packets, len(ok), _median([r.cpu_ns / 1e9 for r in ok]), mpps,
                         1e3 / mpps if mpps == mpps else float("nan"), ok[0].flows if ok else 0,
                         _paired(runs, m, "dpkt") if m != "dpkt" else float("nan"),
                         _paired(runs, m, "scapy") if m != "scapy" else float("nan"),
@@ -844,7 +846,7 @@ def results_table(rows: list[Row]):
         t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for r in rows:
         if not r.rounds:
-            t.add_row(r.method, f"{r.packets:,}", f"[red]error: {r.errors[0].splitlines()[0][:90]}[/red]")
+            t.add_row(r.method, f"{r.packets:,}", "[red]error[/red]", "", "", "", "", "")
             continue
         t.add_row(r.method, f"{r.packets:,}", _f(r.cpu_s, "{:.3f}"), _f(r.mpps, "{:.3f}"), _f(r.ns_per_pkt, "{:.0f}"),
                   f"{r.flows:,}", _f(r.vs_dpkt, "{:.1f}x", ""), _f(r.vs_scapy, "{:.1f}x", ""))
@@ -855,6 +857,9 @@ def agreement_lines(agree: list[Agreement]) -> list[str]:
     """One line per comparison plus examples of differences."""
     out = []
     for a in agree:
+        if a.error:
+            out.append(f"[red]agree: NO - {a.what}: the check could not run: {a.error}[/red]")
+            continue
         head = (f"agree: {'yes' if a.ok else 'NO'} - {a.what} on the first {a.packets:,} packets: "
                 f"{a.flows_a:,} vs {a.flows_b:,} flows, {a.same:,} identical (packets, IP bytes, frame bytes, "
                 f"TCP flags per direction, first/last ts)")
@@ -871,6 +876,9 @@ def render(console, rows: list[Row], ts: list[Target], agree: list[Agreement], h
     """Print the whole report: header, results, legend, agreement, targets."""
     console.print(header)
     console.print(results_table(rows))
+    for r in rows:
+        for e in dict.fromkeys(x.splitlines()[0] for x in r.errors):
+            console.print(f"[red]{r.method}: {e}[/red]")
     console.print("methods:")
     for r in rows:
         console.print(f"  {r.method:<17} {METHODS.get(r.method, '')}")
