@@ -63,6 +63,7 @@ MIN_FRAME, MAX_FRAME = 60, 9018
 T0_NS = 1_700_000_000 * 10**9     # first synthetic timestamp
 PKT_GAP_NS = 1_000                # synthetic capture averages 1 Mpps
 BATCH = 8192                      # ring consumer batch and add_packets slice
+DRAIN_EVERY = 32                  # add_packets slices between drains (the ring path drains per chunk)
 STALL_BUDGET_US = 30_000_000      # the bench's reliable consumer must never be demoted
 IDLE_TIMEOUT_S = 10.0             # nothing arriving for this long: the producer side failed
 NEVER_S = 10**8                   # "no timeout" for idle/active timeouts (~3 years)
@@ -353,6 +354,17 @@ def flow_table(max_flows: int = 1 << 20):
                      end_linger=1.0, fragment_timeout=30.0, max_fragments=65536, decap=())
 
 
+def drain_all(ft) -> np.ndarray:
+    """Every ended record the table holds (drain may hand them out in several calls)."""
+    parts = []
+    while True:
+        r = ft.drain()
+        if not len(r):
+            break
+        parts.append(r)
+    return np.concatenate(parts) if parts else ft.drain()
+
+
 def _tmp_ring(kind: str) -> str:
     return f"bench-flowmeter-{kind}-{os.getpid()}-{time.monotonic_ns()}"
 
@@ -384,6 +396,7 @@ def meter_ring(w: Workload, n: int, cfg: Settings) -> dict:
     name = _tmp_ring("ring")
     ring.create(name, ndesc=cfg.ndesc, arena_bytes=cfg.arena_bytes, linktype=w.linktype)
     cpu = metered = batches = 0
+    parts = []
     try:
         with ring.Consumer(name, "flowmeter", policy="reliable", stall_budget_us=STALL_BUDGET_US,
                            batch=BATCH) as c, ring.Producer(name) as p:
@@ -400,11 +413,13 @@ def meter_ring(w: Workload, n: int, cfg: Settings) -> dict:
                     got += b.count
                     batches += 1
                 b.release()
+                parts.append(drain_all(ft))        # as the analyzer does on its ticks
                 cpu += time.thread_time_ns() - t0
             t0 = time.thread_time_ns()
             ft.flush()
-            records = ft.drain()
+            parts.append(drain_all(ft))
             cpu += time.thread_time_ns() - t0
+            records = np.concatenate(parts)
             delivered = c.stats()["delivered"]
     finally:
         ring.remove(name)
@@ -418,14 +433,18 @@ def meter_arrays(w: Workload, n: int) -> dict:
     """Meter the first n packets with FlowTable.add_packets in BATCH-sized slices (no ring)."""
     ft = flow_table(2 * w.info.get("flows", 0))
     metered = 0
+    parts = []
     t0 = time.thread_time_ns()
-    for lo in range(0, n, BATCH):
+    for k, lo in enumerate(range(0, n, BATCH)):
         hi = min(lo + BATCH, n)
         metered += ft.add_packets(w.buf, w.offs[lo:hi], w.caplens[lo:hi], wirelens=w.wirelens[lo:hi],
                                   ts_ns=w.ts_ns[lo:hi], linktype=w.linktype, port=0)
+        if k % DRAIN_EVERY == DRAIN_EVERY - 1:
+            parts.append(drain_all(ft))
     ft.flush()
-    records = ft.drain()
+    parts.append(drain_all(ft))
     cpu = time.thread_time_ns() - t0
+    records = np.concatenate(parts)
     return {"packets": n, "cpu_ns": cpu, "metered": int(metered), "records": records, "stats": ft.stats()}
 
 
