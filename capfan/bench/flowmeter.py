@@ -366,6 +366,7 @@ def drain_all(ft) -> np.ndarray:
 
 
 def _tmp_ring(kind: str) -> str:
+    """A ring name no other bench run uses."""
     return f"bench-flowmeter-{kind}-{os.getpid()}-{time.monotonic_ns()}"
 
 
@@ -661,6 +662,7 @@ def _key_text(k) -> str:
 
 
 def _value_text(v) -> str:
+    """Readable per-direction counters of a canonical flow."""
     ab, ba, first, last = v
     return f"a->b (pkts, ip B, frame B, tcp flags) {ab}, b->a {ba}, first {first}, last {last}"
 
@@ -783,6 +785,7 @@ class Row:
 
 
 def _median(xs) -> float:
+    """Median of the measured values (NaN left out); NaN if none."""
     xs = [x for x in xs if x == x]
     return statistics.median(xs) if xs else float("nan")
 

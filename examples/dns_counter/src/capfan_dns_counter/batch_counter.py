@@ -51,6 +51,7 @@ class DnsBatch(DnsCounter):
             return a[np.minimum(off + pos, last)].astype(np.int64)
 
         def u16(pos):
+            """Big-endian 16-bit field at packet offset pos of every packet."""
             return byte(pos) << 8 | byte(pos + 1)
 
         l3 = self._l3_start(d["port"])
