@@ -81,8 +81,10 @@ typedef struct capfan_pkt_info {
     uint16_t flags, vlan, inner_vlan, l3_off, l4_off;
     uint8_t ip_version, proto;
     uint16_t sport, dport, ethertype;
+    uint8_t bad, tcp_flags;
     uint32_t frag_id;
-    uint16_t frag_off, ip_len;
+    uint16_t frag_off, pflags;
+    uint32_t ip_len;
     uint8_t src[16], dst[16];
 } capfan_pkt_info;
 typedef struct capfan_ring capfan_ring;

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 
+#include "parse.h"
 #include "ring.h"
 
 #ifdef __cplusplus
@@ -98,21 +99,9 @@ typedef struct capfan_flowmeter_config {
     uint32_t _pad;
 } capfan_flowmeter_config;
 
-/* Why packets were not metered normally (stats.bad[reason]); names from
- * capfan_flowmeter_bad_name(). Counted, never fatal. */
-enum capfan_bad_reason {
-    CAPFAN_BAD_NONE = 0,
-    CAPFAN_BAD_LINKTYPE,         /* link type the parser does not know */
-    CAPFAN_BAD_L2_TRUNCATED,     /* Ethernet / VLAN / SLL / MPLS header cut short */
-    CAPFAN_BAD_IP_TRUNCATED,     /* IP header cut short */
-    CAPFAN_BAD_IP_VERSION,       /* version field is neither 4 nor 6 where IP was announced */
-    CAPFAN_BAD_IP_HEADER,        /* IHL < 5 or total length < header length */
-    CAPFAN_BAD_IPV6_EXT,         /* extension header chain cut short or longer than the limit */
-    CAPFAN_BAD_L4_TRUNCATED,     /* transport header too short for the ports / type+code */
-    CAPFAN_BAD_TUNNEL,           /* decapsulation asked but the inner packet is malformed */
-    CAPFAN_BAD_TORN,             /* lossy consumer: packet overwritten while being metered */
-    CAPFAN_BAD_MAX
-};
+/* Why packets were not metered normally (stats.bad[reason]): enum capfan_bad_reason, declared
+ * in parse.h because the parser decides it; names from capfan_flowmeter_bad_name(). Counted,
+ * never fatal. */
 
 typedef struct capfan_flowmeter_stats {
     uint64_t packets;            /* packets offered */
@@ -127,6 +116,8 @@ typedef struct capfan_flowmeter_stats {
     uint64_t flows_active_max;   /* high-water mark */
     uint64_t records_pending;    /* ended, waiting in the output buffer */
     uint64_t now_ns;             /* the meter's clock */
+    uint64_t records_lost;       /* ended flows dropped because the output buffer could not
+                                    grow (out of memory); drain more often */
 } capfan_flowmeter_stats;
 
 typedef struct capfan_flowmeter capfan_flowmeter;
