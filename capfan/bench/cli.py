@@ -286,3 +286,92 @@ def _live_progress(i: int, total: int, r, seconds: float) -> None:
     what = (f"error: {r.error.splitlines()[0][:160]}" if r.error else
             f"sent {r.sent}, captured {r.captured}, drops {r.drops}, unaccounted {r.unaccounted}")
     click.echo(f"[live {i}/{total}] {r.method} {r.size} B {rate_label(r.rate)}: {what} ({seconds:.1f} s)", err=True)
+
+
+# ---------------------------------------------------------------- capfan bench flowmeter
+
+def _fm_methods(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """Click callback: validate `capfan bench flowmeter --methods`."""
+    if not value:
+        return None
+    from capfan.bench.flowmeter import METHODS  # noqa: PLC0415
+
+    return _method_list(value, METHODS)
+
+
+def _fm_sizes(ctx, param, value: str) -> str:
+    """Click callback: a size mix name or frame sizes the synthetic capture supports."""
+    from capfan.bench.flowmeter import size_mix  # noqa: PLC0415
+    from capfan.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return size_mix(value)[0]
+    except ConfigError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+
+@bench.command("flowmeter")
+@click.option("--packets", default=2_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Packets in the synthetic capture; the C methods meter all of them.")
+@click.option("--flows", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Bidirectional flows in the synthetic capture (interleaved, most of them live at once).")
+@click.option("--sizes", default="mix64", show_default=True, callback=_fm_sizes,
+              help="Frame sizes: mix64 (80% 64 B, the rest up to 1514 B), imix (64/576/1514 B, 7:4:1) "
+                   "or comma-separated sizes in bytes drawn uniformly.")
+@click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
+              help="Meter this Ethernet pcap/pcapng instead of the synthetic capture.")
+@click.option("--dpkt-packets", default=200_000, show_default=True, type=click.IntRange(min=1),
+              help="Prefix of the capture the dpkt baseline meters (and the agreement check covers).")
+@click.option("--scapy-packets", default=20_000, show_default=True, type=click.IntRange(min=1),
+              help="Prefix of the capture the scapy baseline meters.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Rounds over every method; the table shows medians, ratios are same-round pairs.")
+@click.option("--methods", default=None, callback=_fm_methods,
+              help="Comma-separated: flowmeter, flowmeter-arrays, dpkt, scapy (default: all).")
+@click.option("--seed", default=1, show_default=True, type=int, help="Seed of the synthetic capture.")
+@click.option("--ndesc", default=1 << 18, show_default=True, type=click.IntRange(min=64),
+              help="Bench ring descriptors (power of two).")
+@click.option("--arena", default="256M", show_default=True, callback=_size, help="Bench ring packet arena size.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also save every measurement to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-run progress lines on stderr.")
+def flowmeter_cmd(packets, flows, sizes, pcap, dpkt_packets, scapy_packets, repeat, methods, seed, ndesc, arena,
+                  json_path, quiet):
+    """Flow meter packets per CPU-second vs the same metering in dpkt and scapy (one run, agreement checked)."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from capfan.bench import flowmeter as F  # noqa: PLC0415
+
+    cfg = F.Settings(packets=packets, flows=flows, sizes=sizes, seed=seed, dpkt_packets=dpkt_packets,
+                     scapy_packets=scapy_packets, repeat=repeat, methods=methods or F.DEFAULT_METHODS, pcap=pcap,
+                     ndesc=ndesc, arena_bytes=arena)
+    t0 = time.monotonic()
+    w = F.load_pcap(pcap) if pcap else F.synthesize(packets, flows, sizes, seed)
+    if not quiet:
+        click.echo(f"workload ready in {time.monotonic() - t0:.1f} s: {w.description}", err=True)
+    info = F.machine_info()
+    runs, agree = F.run_bench(w, cfg, progress=None if quiet else _fm_progress)
+    rows = F.summarize(runs)
+    ts = F.targets(rows)
+    header = (f"capfan bench flowmeter: {info['cpus']} CPUs ({info['cpu_model']}), kernel {info['kernel']}, "
+              f"Python {info['python']}, dpkt {info['dpkt']}, scapy {info['scapy']}; {w.description}; ring "
+              f"{ndesc} descriptors, {arena >> 20} MiB arena, consumer batches of {F.BATCH}; {repeat} round(s) "
+              f"in {time.monotonic() - t0:.0f} s")
+    F.render(Console() if sys.stdout.isatty() else Console(width=170), rows, ts, agree, header)
+    if json_path:
+        argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
+        settings = dict(command=shlex.join(argv), packets=packets, flows=flows, sizes=sizes, pcap=pcap,
+                        dpkt_packets=dpkt_packets, scapy_packets=scapy_packets, repeat=repeat,
+                        methods=cfg.methods, seed=seed, ndesc=ndesc, arena_bytes=arena, batch=F.BATCH)
+        with open(json_path, "w") as f:
+            json.dump(F.report_dict(runs, rows, ts, agree, info, settings, w.info), f, indent=1, default=str,
+                      allow_nan=False)
+    if not F.results_ok(runs, agree):
+        sys.exit(1)  # a meter that disagrees with the reference, or a failed run, is not a result
+
+
+def _fm_progress(i: int, total: int, r, seconds: float) -> None:
+    """One stderr line per finished method run."""
+    what = f"error: {r.error.splitlines()[0]}" if r.error else f"{r.mpps:.3f} Mpps per CPU-second"
+    click.echo(f"[{i}/{total}] round {r.round + 1} {r.method} ({r.packets:,} packets): {what} ({seconds:.1f} s)",
+               err=True)
