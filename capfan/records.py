@@ -57,9 +57,11 @@ FLOW_MALFORMED = 1 << 6
 FLOW_SYN_INITIATOR = 1 << 7
 FLOW_ICMP_ERROR = 1 << 8
 FLOW_MPLS = 1 << 9
+FLOW_LEN_FROM_FRAME = 1 << 10
 FLAG_NAMES = {FLOW_FRAGMENTS: "fragments", FLOW_FRAG_ORPHAN: "frag_orphan", FLOW_IPV6_EXT: "ipv6_ext",
               FLOW_TUNNEL: "tunnel", FLOW_DECAP: "decap", FLOW_QINQ: "qinq", FLOW_MALFORMED: "malformed",
-              FLOW_SYN_INITIATOR: "syn_initiator", FLOW_ICMP_ERROR: "icmp_error", FLOW_MPLS: "mpls"}
+              FLOW_SYN_INITIATOR: "syn_initiator", FLOW_ICMP_ERROR: "icmp_error", FLOW_MPLS: "mpls",
+              FLOW_LEN_FROM_FRAME: "len_from_frame"}
 
 _V4_PREFIX = b"\0" * 10 + b"\xff\xff"
 

@@ -624,7 +624,11 @@ static void meter(capfan_flowmeter *fm, const capfan_pkt_info *in, const pkey *p
     uint16_t pflags = pk->pflags;
     uint32_t l3 = in->l3_off;
     uint32_t avail = wirelen > l3 ? wirelen - l3 : 0;
-    uint32_t iplen = in->ip_len ? in->ip_len : avail; /* 0: jumbogram / GSO frame */
+    uint32_t iplen = in->ip_len;
+    if (!iplen) { /* 0: jumbogram / GSO frame: the header does not say, the wire does */
+        iplen = avail;
+        pflags |= CAPFAN_FLOW_LEN_FROM_FRAME;
+    }
     if (iplen > avail) pflags |= CAPFAN_FLOW_MALFORMED; /* header claims more than the wire had */
     if (!f->pk[side] || ts < f->start[side]) f->start[side] = ts;
     if (ts > f->end[side]) f->end[side] = ts;

@@ -38,7 +38,7 @@ enum capfan_flow_flags {
     CAPFAN_FLOW_FRAG_ORPHAN = 1u << 1, /* non-first fragments whose first fragment was not seen
                                           (ports unknown: counted with ports 0) */
     CAPFAN_FLOW_IPV6_EXT = 1u << 2,    /* IPv6 extension headers were skipped */
-    CAPFAN_FLOW_TUNNEL = 1u << 3,      /* outer header of a tunnel (GRE, IP-in-IP, VXLAN, Geneve,
+    CAPFAN_FLOW_TUNNEL = 1u << 3,      /* outer header of a tunnel (GRE, IP-in-IP, VXLAN, Geneve, PIM Register,
                                           ERSPAN), metered as the outer flow */
     CAPFAN_FLOW_DECAP = 1u << 4,       /* key taken from the inner headers (decap switch on) */
     CAPFAN_FLOW_QINQ = 1u << 5,        /* two or more VLAN tags */
@@ -46,6 +46,8 @@ enum capfan_flow_flags {
     CAPFAN_FLOW_SYN_INITIATOR = 1u << 7, /* initiator known from a SYN */
     CAPFAN_FLOW_ICMP_ERROR = 1u << 8,  /* ICMP error messages (they quote another datagram) */
     CAPFAN_FLOW_MPLS = 1u << 9,        /* MPLS labels were skipped */
+    CAPFAN_FLOW_LEN_FROM_FRAME = 1u << 10, /* an IP length field was 0 (jumbogram, GSO/"big TCP"
+                                              frame): IP bytes taken from the wire length */
 };
 
 /* One flow record, 136 bytes. Field comments give the IPFIX element (RFC 7012 / RFC 5103

@@ -153,6 +153,9 @@ static int parse_l4(parser *P, uint32_t off, capfan_pkt_info *in) {
     case 4: case 41: /* IPv4 / IPv6 in IP */
         in->pflags |= CAPFAN_P_TUNNEL;
         return 0;
+    case 103: /* PIM: a Register message (type 1) carries a whole multicast data packet */
+        if (off < P->caplen && (pkt[off] & 0x0f) == 1) in->pflags |= CAPFAN_P_TUNNEL;
+        return 0;
     case 47:
         in->pflags |= CAPFAN_P_TUNNEL;
         if (P->opts & CAPFAN_PARSE_GRE) decap_gre(P, off, in);

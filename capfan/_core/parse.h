@@ -45,7 +45,7 @@ enum capfan_parse_opts {
  * CAPFAN_FLOW_* record flags of flowmeter.h, so the meter ORs them in as they are). */
 enum capfan_parse_flags {
     CAPFAN_P_IPV6_EXT = 1u << 2,   /* IPv6 extension headers skipped */
-    CAPFAN_P_TUNNEL = 1u << 3,     /* the (outer) packet is a tunnel: GRE, IPIP, IPv6-in-IP,
+    CAPFAN_P_TUNNEL = 1u << 3,     /* the (outer) packet is a tunnel: GRE, IPIP, IPv6-in-IP, PIM Register,
                                       UDP 4789 / 6081 */
     CAPFAN_P_DECAP = 1u << 4,      /* fields below describe the inner packet */
     CAPFAN_P_QINQ = 1u << 5,       /* two or more VLAN tags */

@@ -30,6 +30,18 @@ def popen(*args):
                             stderr=subprocess.PIPE, text=True)
 
 
+def finish(p, timeout=30):
+    """(stdout, stderr) of a runner process that should exit by itself; on a hang, kill it and
+    fail with what it printed and the ring's view of its consumers."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        pytest.fail(f"runner did not exit by itself: stdout={out!r} stderr={err!r} "
+                    f"ring={ringlib.Ring('q0').stats()} consumers={ringlib.Ring('q0').consumers()}")
+
+
 def udp_frames(n, flows=16):
     """n UDP frames over `flows` address pairs."""
     return [fr.udp4(f"10.0.{i % flows}.1", "10.9.0.2", 1000 + i % flows, 53, payload=b"q" * (20 + i % 7))
@@ -115,7 +127,7 @@ def test_exit_on_eof_sees_every_packet_once_and_flushes(ring_dir, tmp_path):
     with ringlib.Producer("q0") as prod:
         for chunk in range(5):
             assert prod.publish(udp_frames(500)) == 500
-    stdout, stderr = p.communicate(timeout=30)
+    stdout, stderr = finish(p)
     assert p.returncode == 0, stderr
     s = json.loads(stdout)
     got = json.loads(log.read_text())
@@ -185,7 +197,7 @@ def test_group_members_split_flows_exactly(ring_dir, tmp_path):
     with ringlib.Producer("q0") as prod:
         prod.publish(udp_frames(2000, flows=64))
     for p in procs:
-        _, err = p.communicate(timeout=30)
+        _, err = finish(p)
         assert p.returncode == 0, err
     seqs = [set(json.loads(lg.read_text())["seqs"]) for lg in logs]
     assert seqs[0] and seqs[1]

@@ -143,3 +143,63 @@ def test_unexplained_difference_is_reported(surplus):
     theirs = {key: {"c": [1 + surplus, 60, 0, 0], "first": T0, "last": T0}}
     r = oracle.compare(ours, theirs, {"non_ip": 0, "bad": {}}, None)
     assert len(r["unexplained"]) == 1 and r["matched"] == 0
+
+
+def test_rule_tunnel_ipv4_inside_ipv6_moves_to_inner_addresses(tmp_path, ring_dir):
+    from scapy.layers.vxlan import VXLAN
+    inner = Ether() / IP(src="192.168.1.1", dst="192.168.1.2") / TCP(sport=1, dport=2, flags="A")
+    p = Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=999, dport=4789) / VXLAN(vni=5) / inner
+    recs, _, rows, cmp = both(tmp_path, timed([p, p.copy()]))
+    assert len(recs) == 1 and recs[0]["sourceIPAddress"] == "2001:db8::1" and recs[0]["flowFlags"] & rec.FLOW_TUNNEL
+    assert [(r["a_ip"], r["proto"]) for r in rows] == [("192.168.1.1", "6")]  # inner v4, outer nothing
+    assert cmp["unexplained"] == [] and cmp["rules"] == {"tunnel": 2}
+
+
+def test_rule_tunnel_pim_register(tmp_path, ring_dir):
+    data = IP(src="10.0.0.9", dst="239.1.1.1") / UDP(sport=2468, dport=2468) / Raw(b"m" * 20)
+    reg = Ether() / IP(src=A, dst=B, proto=103) / Raw(b"\x21\x00\x00\x00" + b"\x00" * 4 + bytes(data))
+    recs, _, rows, cmp = both(tmp_path, timed([reg]))
+    assert len(recs) == 1 and recs[0]["flowFlags"] & rec.FLOW_TUNNEL and recs[0]["sourceTransportPort"] == 0
+    assert [(r["a_port"], r["b_port"]) for r in rows] == [("2468", "2468")]
+    assert cmp["unexplained"] == [] and cmp["rules"] == {"tunnel": 1}
+
+
+def test_rule_other_ports_dccp(tmp_path, ring_dir):
+    dccp = b"\x13\x88\x17\x70" + b"\x00" * 12  # ports 5000 -> 6000, rest of a 16-byte header
+    p = Ether() / IP(src=A, dst=B, proto=33) / Raw(dccp)
+    recs, _, rows, cmp = both(tmp_path, timed([p, p.copy()]))
+    assert [(r["sourceTransportPort"], r["destinationTransportPort"]) for r in recs] == [(5000, 6000)]
+    assert [(r["a_port"], r["b_port"]) for r in rows] == [("0", "0")]
+    assert cmp["unexplained"] == [] and cmp["rules"] == {"other_ports": 1}
+
+
+def test_rule_ip_len_zero_bytes_from_the_wire(tmp_path, ring_dir):
+    p = Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2", plen=0) / TCP(sport=1, dport=2, flags="A") / Raw(b"d" * 1000)
+    path = write(tmp_path, timed([p]))
+    recs, stats, corrupt = oracle.meter_pcap(path, "rules")
+    assert recs[0]["octetDeltaCount"] == len(p) - 14 and recs[0]["flowFlags"] & rec.FLOW_LEN_FROM_FRAME
+    rows = oracle.run_oracle(path, "ip")
+    assert [r["bytes_ab"] for r in rows] == ["40"]  # payload length 0 + the 40-byte header
+    cmp = oracle.compare(oracle.project(recs, "octetDeltaCount"), oracle.oracle_table(rows), stats, corrupt, mode="ip")
+    assert cmp["unexplained"] == [] and cmp["rules"] == {"ip_len_zero": 1}
+    # tshark does not dissect TCP in it (ports 0); frame bytes still agree
+    frame_rows = oracle.run_oracle(path)
+    assert [(r["a_port"], r["bytes_ab"]) for r in frame_rows] == [("0", str(len(p)))]
+    framecmp = oracle.compare(oracle.project(recs), oracle.oracle_table(frame_rows), stats, corrupt)
+    assert framecmp["unexplained"] == [] and framecmp["rules"] == {"ip_len_zero": 1}
+    # a frame-byte difference is not covered by the rule
+    other = oracle.oracle_table(frame_rows)
+    next(iter(other.values()))["c"][1] += 1
+    assert oracle.compare(oracle.project(recs), other, stats, corrupt)["unexplained"]
+
+
+def test_rule_invalid_timestamp_detected(tmp_path):
+    import struct
+    good = bytes(Ether() / IP(src=A, dst=B) / UDP(sport=1, dport=2))
+    hdr = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    recs = [struct.pack("<IIII", 1_700_000_000, usec, len(good), len(good)) + good for usec in (5, 1_500_000)]
+    path = tmp_path / "ts.pcap"
+    path.write_bytes(hdr + b"".join(recs))
+    assert oracle.invalid_timestamps(path) == 1
+    path.write_bytes(hdr + recs[0])
+    assert oracle.invalid_timestamps(path) == 0
