@@ -55,3 +55,7 @@ class CorruptCapture(SourceError):
 
 class CapturePermissionError(SourceError):
     """Capturing needs a privilege this process lacks (CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF)."""
+
+
+class RecorderError(CapfanError):
+    """The recorder could not create, write or rename a capture file."""

@@ -38,9 +38,7 @@ NO_LINKTYPE = 0xFFFFFFFF
 _FMT_PCAP_NS, _FMT_PCAP_US, _FMT_PCAPNG = 0, 1, 2
 
 
-class RecorderError(errors.CapfanError):
-    """The recorder could not create, write or rename a capture file."""
-
+RecorderError = errors.RecorderError
 
 def _choice(*allowed):
     """Option parser accepting one of `allowed` (case-insensitive)."""

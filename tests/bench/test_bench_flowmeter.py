@@ -19,15 +19,6 @@ TINY = ["--packets", "6000", "--flows", "300", "--dpkt-packets", "3000", "--scap
         "--repeat", "1", "--ndesc", "1024", "--arena", "4M"]
 
 
-def _flowtable_built() -> bool:
-    try:
-        import capfan.flowtable  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_c = pytest.mark.skipif(not _flowtable_built(), reason="capfan.flowtable (C flow meter) not built")
 
 
 @pytest.fixture
@@ -119,7 +110,6 @@ def test_pcap_workload_round_trips(ring_dir, tmp_path):
         F.table_flows(F.meter_dpkt(w.packet_list(500))[0]).keys()
 
 
-@needs_c
 def test_c_flow_table_agrees_with_dpkt(ring_dir):
     w = F.synthesize(5000, 250, seed=11)
     cfg = F.Settings(ndesc=1024, arena_bytes=4 << 20)
@@ -134,7 +124,6 @@ def test_c_flow_table_agrees_with_dpkt(ring_dir):
     assert arrays == c                                 # ring and array paths meter the same
 
 
-@needs_c
 def test_cli_end_to_end_with_json(ring_dir, tmp_path):
     out = tmp_path / "fm.json"
     res = CliRunner().invoke(bench, ["flowmeter", *TINY, "--json", str(out), "-q"])
@@ -157,7 +146,6 @@ def test_cli_end_to_end_with_json(ring_dir, tmp_path):
     assert len(data["targets"]) == 2 and all(t["ok"] in (True, False) for t in data["targets"])
 
 
-@needs_c
 def test_cli_subset_of_methods(ring_dir):
     res = CliRunner().invoke(bench, ["flowmeter", *TINY, "--methods", "flowmeter,dpkt", "--sizes", "imix", "-q"])
     assert res.exit_code == 0, res.output
