@@ -384,6 +384,7 @@ uint32_t capfan_ring_port_linktype(capfan_ring *r, uint32_t port) {
     return port < CAPFAN_PORTS ? r->ctl->port_linktype[port] : r->ctl->linktype;
 }
 const uint8_t *capfan_ring_arena(capfan_ring *r) { return r->arena; }
+uint64_t capfan_ring_arena_bytes(capfan_ring *r) { return r->ctl->arena_bytes; }
 
 int capfan_ring_stats_get(capfan_ring *r, capfan_ring_stats *o) {
     ctl_t *c = r->ctl;

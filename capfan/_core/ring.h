@@ -194,6 +194,8 @@ int capfan_ring_events(capfan_ring *r, capfan_event *out, uint32_t n);
 uint32_t capfan_ring_port_linktype(capfan_ring *r, uint32_t port);
 const capfan_desc *capfan_ring_desc(capfan_ring *r);
 const uint8_t *capfan_ring_arena(capfan_ring *r);
+/* Arena size in bytes (fixed for the ring's life); cheap, unlike capfan_ring_stats_get. */
+uint64_t capfan_ring_arena_bytes(capfan_ring *r);
 
 /* ---- producer ---- */
 /* Become the ring's producer. A previous producer must be dead; its consumers carry on
