@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan import errors
-from capfan.bench.report import Target, targets_table
+from capfan.bench.report import Target, no_nan, targets_table
 from capfan.bench.report import fmt as _f
 
 REPLAY_TARGET_PPS = 10_000_000    # issue: pcap replay >= 10 Mpps for 64-byte packets on one core
@@ -1184,9 +1184,8 @@ def render(console, replay_rows, live_rows, ts, header: str, notes: list[str], o
 
 def report_dict(replay, live, replay_rows, live_rows, ts, info, settings, notes) -> dict:
     """Everything measured, for --json (NaN becomes null)."""
-    from capfan.bench.ring import _no_nan  # noqa: PLC0415
 
-    return _no_nan({"settings": settings, "machine": info, "notes": notes,
+    return no_nan({"settings": settings, "machine": info, "notes": notes,
                     "replay_rows": [asdict(r) for r in replay_rows], "live_rows": [asdict(r) for r in live_rows],
                     "targets": [asdict(t) for t in ts], "accounting_ok": accounting_ok(replay, live),
                     "replay_runs": [r.to_dict() for r in replay], "live_runs": [r.to_dict() for r in live]})

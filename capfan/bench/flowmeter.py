@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan import errors
-from capfan.bench.report import Target, targets_table
+from capfan.bench.report import Target, no_nan, targets_table
 from capfan.bench.report import fmt as _f
 
 TARGET_VS_DPKT = 80.0             # flow meter packets/CPU-s >= 80x the dpkt meter's
@@ -922,18 +922,8 @@ LEGEND = (
 
 def report_dict(runs, rows, ts, agree, info, settings: dict, workload: dict) -> dict:
     """Everything measured, for --json (NaN becomes null)."""
-    return _no_nan({"settings": settings, "machine": info, "workload": workload,
+    return no_nan({"settings": settings, "machine": info, "workload": workload,
                     "rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in ts],
                     "agreement": [{**asdict(a), "ok": a.ok} for a in agree], "agreement_ok": agreement_ok(agree),
                     "ok": results_ok(runs, agree), "runs": [r.to_dict() for r in runs]})
 
-
-def _no_nan(x):
-    """Copy of a JSON-ready structure with float NaN replaced by None (strict JSON has no NaN)."""
-    if isinstance(x, float):
-        return None if x != x else x
-    if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_no_nan(v) for v in x]
-    return x

@@ -29,3 +29,14 @@ def targets_table(ts: list[Target]):
         res = "[green]PASS[/green]" if x.ok else ("n/a" if x.ok is None else "[red]MISS[/red]")
         t.add_row(x.target, x.measured, res, x.note)
     return t
+
+
+def no_nan(x):
+    """Copy of a JSON-ready structure with float NaN replaced by None (strict JSON has no NaN)."""
+    if isinstance(x, float):
+        return None if x != x else x
+    if isinstance(x, dict):
+        return {k: no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [no_nan(v) for v in x]
+    return x

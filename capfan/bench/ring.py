@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan._capfan_core import ffi, lib
-from capfan.bench.report import Target, targets_table
+from capfan.bench.report import Target, no_nan, targets_table
 from capfan.bench.report import fmt as _f
 
 LINE_RATE_64B = 14_880_952        # 10GbE at 64-byte frames (84 B on the wire incl. preamble/IFG)
@@ -939,17 +939,7 @@ LEGEND = (
 
 def report_dict(runs, rows, ts, info, settings: dict) -> dict:
     """Everything measured, for --json (NaN, e.g. rates of produce-only, become null)."""
-    return _no_nan({"settings": settings, "machine": info, "rows": [asdict(r) for r in rows],
+    return no_nan({"settings": settings, "machine": info, "rows": [asdict(r) for r in rows],
                     "targets": [asdict(t) for t in ts], "accounting_ok": accounting_ok(runs),
                     "runs": [r.to_dict() for r in runs]})
 
-
-def _no_nan(x):
-    """Copy of a JSON-ready structure with float NaN replaced by None (strict JSON has no NaN)."""
-    if isinstance(x, float):
-        return None if x != x else x
-    if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_no_nan(v) for v in x]
-    return x
