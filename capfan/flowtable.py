@@ -62,6 +62,16 @@ def parse_decap(decap) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _optional_array(values, dtype, n: int, name: str):
+    """values as a contiguous array of n entries of dtype, or None when not given."""
+    if values is None:
+        return None
+    a = np.ascontiguousarray(values, dtype=dtype)
+    if len(a) != n:
+        raise ValueError(f"{name} has {len(a)} entries for {n} packets")
+    return a
+
+
 class FlowTable:
     """A bidirectional flow table. Not thread-safe: one per consumer."""
 
@@ -104,21 +114,10 @@ class FlowTable:
         size = memoryview(buf).nbytes
         if int((offs + caplens).max()) > size:
             raise ValueError("a packet runs past the end of buf (offs + caplens > len(buf))")
-        keep = []
-        wl = ffi.NULL
-        if wirelens is not None:
-            w = np.ascontiguousarray(wirelens, dtype=np.uint32)
-            if len(w) != n:
-                raise ValueError(f"wirelens has {len(w)} entries for {n} packets")
-            keep.append(w)
-            wl = ffi.from_buffer("uint32_t[]", w)
-        ts = ffi.NULL
-        if ts_ns is not None:
-            t = np.ascontiguousarray(ts_ns, dtype=np.uint64)
-            if len(t) != n:
-                raise ValueError(f"ts_ns has {len(t)} entries for {n} packets")
-            keep.append(t)
-            ts = ffi.from_buffer("uint64_t[]", t)
+        w = _optional_array(wirelens, np.uint32, n, "wirelens")
+        t = _optional_array(ts_ns, np.uint64, n, "ts_ns")
+        wl = ffi.NULL if w is None else ffi.from_buffer("uint32_t[]", w)
+        ts = ffi.NULL if t is None else ffi.from_buffer("uint64_t[]", t)
         return lib.capfan_flowmeter_packets(fm, ffi.from_buffer("uint8_t[]", buf),
                                             ffi.from_buffer("uint64_t[]", offs),
                                             ffi.from_buffer("uint32_t[]", caplens), wl, ts, n,
