@@ -8,20 +8,22 @@ pcap="${1:-$here/../shared/pcaps/tcpdump/afs.pcap}"
 [ -r "$pcap" ] || { echo "demo: no capture at $pcap (pass a pcap/pcapng file)" >&2; exit 2; }
 ring="demo-$$"
 work="$(mktemp -d)"
+pids=()
 cleanup() {
-    kill "${follower:-0}" "${meter:-0}" 2>/dev/null || true
+    # never `kill 0`: that would be this whole process group, the demo included
+    [ ${#pids[@]} -eq 0 ] || { kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; } || true
     capfan ring rm --force "$ring" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 capfan ring create "$ring" --ndesc 65536 --arena 64M >/dev/null
 # two consumers attached before the replay, each seeing every packet (no copy per consumer)
-capfan ring dump "$ring" --follow >"$work/dump" & follower=$!
-capfan analyze --ring "$ring" --analyzer flowmeter --exit-on-eof --out "$work" >"$work/meter" 2>&1 & meter=$!
+capfan ring dump "$ring" --follow >"$work/dump" & pids+=($!)
+capfan analyze --ring "$ring" --analyzer flowmeter --exit-on-eof --out "$work" >"$work/meter" 2>&1 &
+meter=$!
 sleep 1
 capfan replay "$pcap" --ring "$ring" --speed max --no-progress
 wait "$meter" || { cat "$work/meter" >&2; exit 1; }
-meter=
 capfan ring stat "$ring"
 echo "first packets the live dump saw:"
 head -5 "$work/dump"
