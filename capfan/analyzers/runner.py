@@ -87,8 +87,9 @@ class Runner:
         """Signal handler: finish the current batch, then stop cleanly."""
         self._stop = True
 
-    def _eof(self, seen_producer: bool) -> bool:
-        st = self.consumer.ring.stats()
+    def _eof(self, st: dict, seen_producer: bool) -> bool:
+        """True once the producer seen earlier is gone and every packet it left is read
+        (`st`: the ring's stats, read once per idle poll)."""
         if st["producer_alive"] or not seen_producer:
             return False
         return self.consumer.stats()["cursor"] >= st["head"]
@@ -134,7 +135,7 @@ class Runner:
                 if b is None and spec.exit_on_eof:
                     st = self.consumer.ring.stats()
                     seen = seen or bool(st["producer_alive"]) or st["generation"] != gen0
-                    if self._eof(seen):
+                    if self._eof(st, seen):
                         break
         except errors.CapfanError:
             raise
