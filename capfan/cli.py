@@ -34,12 +34,15 @@ def _register():
     from capfan.capturecli import capture
     from capfan.replaycli import replay
     from capfan.analyzecli import analyze
+    from capfan.statuscli import status, top
 
     main.add_command(ring)
     main.add_command(bench)
     main.add_command(replay)
     main.add_command(capture)
     main.add_command(analyze)
+    main.add_command(status)
+    main.add_command(top)
 
 
 _register()
