@@ -35,12 +35,14 @@ def _register():
     from capfan.replaycli import replay
     from capfan.analyzecli import analyze
     from capfan.statuscli import status, top
+    from capfan.agentcli import agent
 
     main.add_command(ring)
     main.add_command(bench)
     main.add_command(replay)
     main.add_command(capture)
     main.add_command(analyze)
+    main.add_command(agent)
     main.add_command(status)
     main.add_command(top)
 

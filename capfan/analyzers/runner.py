@@ -67,8 +67,11 @@ def _cpu_list(cpus) -> str:
 class Runner:
     """One analyzer instance bound to one consumer; `run()` returns the summary dict."""
 
-    def __init__(self, spec: RunSpec, emit=None):
+    def __init__(self, spec: RunSpec, emit=None, report=None, report_every: float = 1.0):
         self.spec = spec
+        # report(dict): called once attached, then every report_every seconds (the agent's
+        # workers write it to their state file)
+        self._report, self._report_every = report, report_every
         cls = load(spec.analyzer)
         self.config = validate_options(spec.analyzer, getattr(cls, "options", {}), spec.options, prefix="-o ")
         self.analyzer = cls()
@@ -115,6 +118,7 @@ class Runner:
         cpu0 = time.process_time()
         try:
             self.analyzer.start(self.ctx)
+            next_report = self._send_report(0.0)
             next_tick = time.monotonic() + spec.tick
             next_status = time.monotonic() + spec.status_every if spec.status_every > 0 else None
             last = (t0, 0)
@@ -129,6 +133,8 @@ class Runner:
                 if now >= next_tick:
                     self.analyzer.on_tick(time.time_ns())
                     next_tick = now + spec.tick
+                if next_report is not None and now >= next_report:
+                    next_report = self._send_report(now)
                 if next_status is not None and now >= next_status:
                     last = self._status_line(last)
                     next_status = now + spec.status_every
@@ -158,6 +164,18 @@ class Runner:
             raise AnalyzerFailed(f"analyzer {spec.analyzer!r} raised {type(failed).__name__}: {failed} "
                                  f"(consumer {cname!r} kept: a restart resumes where it stopped)")
         return summary
+
+    def _send_report(self, now: float) -> float | None:
+        """Hand live counters to the report callback; the next time to do it (None: no callback)."""
+        if self._report is None:
+            return None
+        try:
+            astats = self.analyzer.stats()
+        except Exception as e:  # informative only
+            astats = {"error": str(e)}
+        self._report({"batches": self.batches, "packets": self.packets, "records": dict(self.ctx.emitted),
+                      "analyzer": astats})
+        return (now or time.monotonic()) + self._report_every
 
     def _status_line(self, last):
         now = time.monotonic()
