@@ -95,13 +95,15 @@ class Supervisor:
 
     def place(self) -> None:
         """Choose each worker's CPU and collect placement warnings."""
+        # captures first: with "auto" they get the best cores (on the NIC's node, not CPU 0)
+        workers = [*self.cfg.captures, *self.cfg.analyzers]
         reqs = [placement.PinRequest(key=f"{w.key}.cpus", label=w.label, want=w.cpu_want,
                                      iface=w.interface,
                                      queue=(w.queue if getattr(w, "live", False) else None),
                                      live=bool(getattr(w, "live", False)))
-                for w in self.cfg.workers]
+                for w in workers]
         cpus, warnings = placement.place(reqs)
-        for w, cpu in zip(self.cfg.workers, cpus):
+        for w, cpu in zip(workers, cpus):
             w.cpu = cpu
         self.warnings.extend(warnings)
         from capfan.agents.metrics import is_loopback  # noqa: PLC0415
@@ -121,7 +123,9 @@ class Supervisor:
             os.unlink(os.path.join(self.cfg.state_dir, "workers", name))  # a previous run's leftovers
 
     def _create_rings(self) -> None:
-        os.environ["CAPFAN_RING_DIR"] = self.cfg.ring_dir  # this process opens them too
+        # this process opens the rings too, and removes XDP programs killed captures left
+        os.environ["CAPFAN_RING_DIR"] = self.cfg.ring_dir
+        os.environ["CAPFAN_RUN_DIR"] = self.cfg.run_dir
         for w in self.cfg.captures:
             if os.path.exists(ringlib.ring_path(w.ring)):
                 try:
@@ -393,6 +397,9 @@ class Supervisor:
     def shutdown(self) -> None:
         """Stop captures, drain, stop analyzers (they flush), remove rings and state files."""
         self.state = "stopping"
+        if self.stop_signal is not None:
+            self._say(f"agent {self.cfg.name}: {signal.Signals(self.stop_signal).name}: stopping the captures, "
+                      "letting the analyzers drain and flush")
         caps = [p for p in self.procs if p.spec.kind == "capture"]
         anas = [p for p in self.procs if p.spec.kind == "analyzer"]
         self._stop_procs(caps)
@@ -415,6 +422,8 @@ class Supervisor:
                 os.unlink(p.state_file)
             except FileNotFoundError:
                 pass
+        if self._created:
+            self._say(f"agent {self.cfg.name} stopped; rings {', '.join(self._created)} removed")
 
 
 def _remove_stale_xdp(iface: str | None) -> None:

@@ -1,6 +1,7 @@
 """`capfan agent` on pcap replays (no privileges needed): start-up order, fan-out and groups,
 supervision (kill -9, restart with backoff, giving up), graceful shutdown and its clean-up."""
 import collections
+import json
 import os
 import signal
 
@@ -166,3 +167,57 @@ def test_sigterm_drains_flushes_and_cleans_up(tmp_path, ring_dir):
     assert st["agent"]["state"] == "done"
     assert all(w["state"] in ("stopped", "done") and w["pid"] is None for w in st["workers"])
     assert rings_left(ring_dir) == []
+
+
+def test_status_top_and_metrics_describe_the_running_agent(tmp_path, ring_dir):
+    from prometheus_client.parser import text_string_to_metric_families
+    import subprocess
+    import sys
+    import urllib.request
+
+    frames = flow_frames(1500, flows=20)
+    pcap = replay_pcap(tmp_path, frames)
+    cfg = fanout_cfg(pcap)
+    a = AgentRun(tmp_path, cfg, ring_dir).start()
+    try:
+        a.wait_running()
+        st = a.wait_status(lambda s: a.worker(s, kind="capture")["state"] == "done"
+                           and all(c["lag"] == 0 for c in consumers(s).values()), what="replayed and read")
+        assert st["queues"][0]["published"] == len(frames)
+        # Prometheus: the same numbers as the snapshot, parseable by the reference parser
+        with urllib.request.urlopen(f"http://{st['agent']['metrics']}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(text) for s in fam.samples}
+        q = {"ring": "rp.q0", "capture": "rp", "interface": "", "source": "pcap", "queue": "0"}
+        assert samples[("capfan_queue_rx_packets_total", tuple(sorted(q.items())))] == len(frames)
+        lab = {"ring": "rp.q0", "consumer": "rec-1", "analyzer": "recorder", "group": "rec", "member": "1",
+               "policy": "reliable"}
+        rec1 = consumers(a.status())["rec-1"]
+        assert samples[("capfan_consumer_delivered_packets_total", tuple(sorted(lab.items())))] == rec1["delivered"]
+        assert samples[("capfan_consumer_filtered_packets_total", tuple(sorted(lab.items())))] == rec1["filtered"]
+        ups = {k[1]: v for k, v in samples.items() if k[0] == "capfan_worker_up"}
+        assert len(ups) == 5 and sum(ups.values()) == 4     # the finished replay is no longer up
+        # capfan status / top read the same snapshot
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        out = subprocess.run([sys.executable, "-m", "capfan", "status", "-c", a.path], capture_output=True,
+                             text=True, env=env, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "agent t " in out.stdout and "state running" in out.stdout
+        for name in ("flowmeter", "stats", "rec-0", "rec-1", "capture-rp.q0"):
+            assert name in out.stdout
+        row = next(line for line in out.stdout.splitlines() if " rp.q0 " in line and " pcap " in line)
+        assert f" {len(frames)} " in row
+        js = subprocess.run([sys.executable, "-m", "capfan", "status", "-c", a.path, "--json"], capture_output=True,
+                            text=True, env=env, timeout=30)
+        assert json.loads(js.stdout)["queues"][0]["published"] == len(frames)
+        top = subprocess.run([sys.executable, "-m", "capfan", "top", "-c", a.path, "--count", "2", "--interval",
+                              "0.2"], capture_output=True, text=True, env=env, timeout=30)
+        assert top.returncode == 0 and top.stdout.count("\ncapture queues\n") == 2, top.stderr
+        assert a.stop() == 0
+    finally:
+        a.kill()
+    # after the agent: status says so and exits 1
+    out = subprocess.run([sys.executable, "-m", "capfan", "status", "-c", a.path], capture_output=True, text=True,
+                         env=env, timeout=30)
+    assert out.returncode == 1 and "agent t " in out.stdout.splitlines()[0]
