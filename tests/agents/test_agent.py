@@ -213,7 +213,7 @@ def test_status_top_and_metrics_describe_the_running_agent(tmp_path, ring_dir):
         assert json.loads(js.stdout)["queues"][0]["published"] == len(frames)
         top = subprocess.run([sys.executable, "-m", "capfan", "top", "-c", a.path, "--count", "2", "--interval",
                               "0.2"], capture_output=True, text=True, env=env, timeout=30)
-        assert top.returncode == 0 and top.stdout.count("\ncapture queues\n") == 2, top.stderr
+        assert top.returncode == 0 and top.stdout.count("agent t  pid ") == 2, top.stderr
         assert a.stop() == 0
     finally:
         a.kill()
