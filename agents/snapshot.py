@@ -120,7 +120,7 @@ class StatusBuilder:
                 "state": c["state"] if c["alive"] or c["state"] != "active" else "dead",
                 "group": c["group"], "member": c["group_member"], "group_size": c["group_size"],
                 "pid": c["pid"] if c["alive"] else None, "delivered": c["delivered"], "dropped": c["dropped"],
-                "filtered": c["filtered"], "demotions": c["demotions"], "lag": lag,
+                "filtered": c["filtered"], "demotions": c["demotions"], "lag": lag, "spin_us": c["spin_us"],
                 "rate_pps": round(self._rate(("consumer", w.ring, c["name"]), c["delivered"] + c["filtered"], dt), 1),
             }
             q["consumers"].append(row)

@@ -33,7 +33,7 @@ def fanout_cfg(pcap, **agent):
         "capture": [{"source": "pcap", "file": pcap, "name": "rp", "options": {"speed": "max"}}],
         "analyzer": [
             {"analyzer": "flowmeter", "options": {"idle_timeout": 3600, "active_timeout": 0}},
-            {"analyzer": "stats", "policy": "reliable", "options": {"interval": 3600}},
+            {"analyzer": "stats", "policy": "reliable", "spin_us": 50, "options": {"interval": 3600}},
             {"name": "rec", "analyzer": "recorder", "group_size": 2, "policy": "reliable",
              "options": {"prefix": "{consumer}"}},
         ],
@@ -53,6 +53,8 @@ def test_replay_fanout_and_group_split_exactly(tmp_path, ring_dir):
     # every fan-out consumer saw every packet; the group members split them with nothing lost
     for name in ("flowmeter", "stats"):
         assert (c[name]["delivered"], c[name]["dropped"], c[name]["filtered"]) == (len(frames), 0, 0), c[name]
+    assert (c["stats"]["spin_us"], c["flowmeter"]["spin_us"]) == (50, 0)   # each consumer's own wait policy
+    assert {c[n]["policy"] for n in c} == {"reliable"}
     m0, m1 = c["rec-0"], c["rec-1"]
     assert m0["delivered"] + m1["delivered"] == len(frames)
     assert m0["filtered"] == m1["delivered"] and m1["filtered"] == m0["delivered"]
