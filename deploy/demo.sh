@@ -1,36 +1,52 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: replay a capture into a ring while two analyzers read
-# the same packets in place — a live packet dump and the flow meter — then show the ring's
-# per-consumer accounting and the top flows. Usage: deploy/demo.sh [FILE.pcap]
+# The main job on the embedded default: `capfan agent` replays a capture (default: the sample
+# bundled with capfan) into a shared-memory ring that four analyzer processes read in place — the
+# flow meter, the stats counter and a load-balanced group of two pcap recorders — then shows the
+# agent's final status (every consumer's accounting: each fan-out consumer saw every packet, the
+# group split them) and the top flows. Usage: deploy/demo.sh [FILE.pcap]
 set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
-pcap="${1:-$here/../shared/pcaps/tcpdump/afs.pcap}"
+pcap="${1:-$(python3 -c 'from capfan import samplepcap; print(samplepcap.path())')}"
 [ -r "$pcap" ] || { echo "demo: no capture at $pcap (pass a pcap/pcapng file)" >&2; exit 2; }
-ring="demo-$$"
+case "$pcap" in *"'"*) echo "demo: the path must not contain a single quote" >&2; exit 2;; esac
 work="$(mktemp -d)"
-pids=()
-cleanup() {
-    # never `kill 0`: that would be this whole process group, the demo included
-    [ ${#pids[@]} -eq 0 ] || { kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; } || true
-    capfan ring rm --force "$ring" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-capfan ring create "$ring" --ndesc 65536 --arena 64M >/dev/null
-# two consumers attached before the replay, each seeing every packet (no copy per consumer)
-capfan ring dump "$ring" --follow >"$work/dump" & pids+=($!)
-capfan analyze --ring "$ring" --analyzer flowmeter --exit-on-eof --out "$work" >"$work/meter" 2>&1 &
-meter=$!
-sleep 1
-capfan replay "$pcap" --ring "$ring" --speed max --no-progress
-wait "$meter" || { cat "$work/meter" >&2; exit 1; }
-capfan ring stat "$ring"
-echo "first packets the live dump saw:"
-head -5 "$work/dump"
+trap 'rm -rf "$work"' EXIT
+name="demo-$$"
+# TOML literal strings ('...') take the paths as they are
+cat >"$work/agent.toml" <<TOML
+[agent]
+name = "$name"
+run_dir = '$work/run'
+out = '$work/records'
+exit_when_done = true        # stop once the file is replayed and every analyzer has drained
+
+[metrics]
+enabled = false
+
+[[capture]]
+source = "pcap"
+file = '$pcap'
+name = "$name"
+options = { speed = "max" }
+
+[[analyzer]]
+analyzer = "flowmeter"
+
+[[analyzer]]
+analyzer = "stats"
+
+[[analyzer]]
+name = "rec"
+analyzer = "recorder"
+group_size = 2
+policy = "reliable"
+TOML
+capfan agent -c "$work/agent.toml"
 echo
-cat "$work/meter"
+capfan status -c "$work/agent.toml" || true   # exit status 1: the agent has finished
+echo
+flows="$work/records/$name.q0/flowmeter/flows.jsonl"
 echo "top flows by bytes (from $(basename "$pcap")):"
-python3 - "$work/flows.jsonl" <<'PY'
+python3 - "$flows" <<'PY'
 import json, sys
 flows = [json.loads(line) for line in open(sys.argv[1])]
 flows.sort(key=lambda f: f["layer2OctetDeltaCount"] + f["reverseLayer2OctetDeltaCount"], reverse=True)
@@ -41,5 +57,5 @@ for f in flows[:10]:
     print(f"{f['protocolIdentifier']:>5} {src:>28} {dst:>28} {f['packetDeltaCount']:>7} "
           f"{f['reversePacketDeltaCount']:>7} {f['layer2OctetDeltaCount'] + f['reverseLayer2OctetDeltaCount']:>9}"
           f"  {f['flowEndReasonName']}")
-print(f"{len(flows)} flows")
+print(f"{len(flows)} flows, {sum(f['packetDeltaCount'] + f['reversePacketDeltaCount'] for f in flows)} packets metered")
 PY
