@@ -84,6 +84,7 @@ class Supervisor:
         self.procs: list[Proc] = []
         self.warnings: list[str] = []
         self.stop_signal: int | None = None
+        self.hurry = False
         self.state = "starting"
         self.started = time.time()
         self._metrics = None
@@ -170,14 +171,15 @@ class Supervisor:
         p.state = "starting"
 
     def _start_all(self, procs: list[Proc]) -> None:
-        """Start the workers and wait until each reports ready; AgentError with its message if not."""
+        """Start the workers and wait until each reports ready (False: a signal came first);
+        AgentError with the worker's message if one fails."""
         for p in procs:
             self._spawn(p)
         deadline = time.monotonic() + self.cfg.start_timeout
         pending = list(procs)
         while pending:
             if self.stop_signal is not None:
-                raise AgentError(f"stopped by {signal.Signals(self.stop_signal).name} while starting")
+                return False
             for p in list(pending):
                 st = read_state(p.state_file) or {}
                 rc = p.popen.poll()
@@ -196,13 +198,14 @@ class Supervisor:
                 raise AgentError(f"{slow} not ready after {self.cfg.start_timeout:g} s "
                                  "(agent.start_timeout); see the worker's messages above")
             time.sleep(POLL_S)
+        return True
 
     # ---------------------------------------------------------------- running
 
     def _install_signals(self):
         def handler(signum, frame):
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: stop waiting, clean up now
+            if self.stop_signal is not None:
+                self.hurry = True  # a second signal: stop waiting for workers, clean up now
             self.stop_signal = signum
         return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -221,8 +224,9 @@ class Supervisor:
                           for w in self.cfg.workers]
             self._status = StatusBuilder(self.cfg)
             self._start_metrics()
-            self._start_all([p for p in self.procs if p.spec.kind == "analyzer"])
-            self._start_all([p for p in self.procs if p.spec.kind == "capture"])
+            if not (self._start_all([p for p in self.procs if p.spec.kind == "analyzer"])
+                    and self._start_all([p for p in self.procs if p.spec.kind == "capture"])):
+                return 0  # stopped while starting: the finally below cleans up
             self.state = "running"
             self._say(f"agent {self.cfg.name}: {len(self.cfg.captures)} capture(s), "
                       f"{len(self.cfg.analyzers)} analyzer process(es) running")
@@ -352,12 +356,13 @@ class Supervisor:
         for p in live:
             p.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.stop_timeout
+        while any(p.popen.poll() is None for p in live) and time.monotonic() < deadline and not self.hurry:
+            time.sleep(POLL_S)
         for p in live:
-            try:
-                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._say(f"warning: {p.spec.label} did not stop within {self.cfg.stop_timeout:g} s "
-                          "(agent.stop_timeout); killing it")
+            if p.popen.poll() is None:
+                why = "a second signal came" if self.hurry else \
+                    f"it did not stop within {self.cfg.stop_timeout:g} s (agent.stop_timeout)"
+                self._say(f"warning: killing {p.spec.label}: {why}")
                 p.popen.kill()
                 p.popen.wait()
                 if p.spec.kind == "capture" and p.spec.source == "afxdp":
@@ -379,7 +384,7 @@ class Supervisor:
                     rings[name] = ringlib.Ring(name)
                 except errors.RingError:
                     pass
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self.hurry:
                 behind = False
                 for r in rings.values():
                     head = r.stats()["head"]

@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -223,3 +224,28 @@ def test_status_top_and_metrics_describe_the_running_agent(tmp_path, ring_dir):
     out = subprocess.run([sys.executable, "-m", "capfan", "status", "-c", a.path], capture_output=True, text=True,
                          env=env, timeout=30)
     assert out.returncode == 1 and "agent t " in out.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("how", ["stop_timeout", "second_signal"])
+def test_a_worker_that_will_not_stop_is_killed_and_rings_still_go(tmp_path, ring_dir, how):
+    pcap = replay_pcap(tmp_path, flow_frames(100))
+    cfg = {"agent": {"stop_timeout": 1.5 if how == "stop_timeout" else 60},
+           "capture": [{"source": "pcap", "file": pcap, "name": "rp"}],
+           "analyzer": [{"name": "slow", "analyzer": "tests.analyzers.plugins:Recording",
+                         "options": {"stop_sleep": 120}}]}
+    a = AgentRun(tmp_path, cfg, ring_dir).start()
+    try:
+        a.wait_running()
+        t0 = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        if how == "second_signal":
+            time.sleep(1.0)
+            a.proc.send_signal(signal.SIGINT)
+        assert a.wait(30) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        a.kill()
+    why = "it did not stop within 1.5 s (agent.stop_timeout)" if how == "stop_timeout" else "a second signal came"
+    assert f"warning: killing analyzer slow on rp.q0: {why}" in a.log()
+    assert rings_left(ring_dir) == []
+    assert a.worker(a.status(), "slow")["state"] == "stopped"

@@ -11,7 +11,8 @@ class Recording(Analyzer):
     """Counts what the runner hands it; writes its life cycle to -o log=FILE at stop."""
 
     options = {"log": Option(str, "", "file to write the call counts to at stop"),
-               "fail_after": Option(int, 0, "raise in on_batch after this many packets (0 = never)")}
+               "fail_after": Option(int, 0, "raise in on_batch after this many packets (0 = never)"),
+               "stop_sleep": Option(float, 0.0, "seconds stop() takes (a slow flush)")}
 
     def start(self, ctx):
         self.ctx = ctx
@@ -32,6 +33,9 @@ class Recording(Analyzer):
 
     def stop(self):
         self.calls["stop"] += 1
+        if self.ctx.config["stop_sleep"]:
+            import time
+            time.sleep(self.ctx.config["stop_sleep"])
         self.ctx.emit("seen", np.array([(self.packets,)], dtype=[("packets", "<u8")]))
         if self.ctx.config["log"]:
             with open(self.ctx.config["log"], "w") as f:
