@@ -181,3 +181,37 @@ def test_kill9_xdp_capture_worker_is_restarted_and_captures_again(quiet, ring_di
     finally:
         a.kill()
     assert xdp_prog(v) is None and rings_left(ring_dir) == []
+
+
+def test_every_queue_of_the_nic_gets_a_ring_and_flows_stay_whole(ring_dir, tmp_path):
+    from tests.netns import VethPair
+    v = VethPair().up(cap_queues=2)
+    try:
+        for ns, ifc in ((v.cap_ns, v.cap_if), (v.peer_ns, v.peer_if)):
+            for key in ("all", "default", ifc):
+                v.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        frames = flow_frames(2000, flows=80, seed=5)
+        cfg = {"capture": [{"interface": v.cap_if, "source": "afpacket", "name": "cap", "queues": "all"}],
+               "analyzer": [{"analyzer": "flowmeter", "options": {"idle_timeout": 3600, "active_timeout": 0}}]}
+        a = AgentRun(tmp_path, cfg, ring_dir, ns=v.cap_ns).start()
+        try:
+            st = a.wait_running()
+            # two receive queues -> two AF_PACKET sockets in one hash fanout group, one ring each
+            assert [q["ring"] for q in st["queues"]] == ["cap.q0", "cap.q1"]
+            assert len([w for w in st["workers"] if w["kind"] == "analyzer"]) == 2
+            send(v, replay_pcap(tmp_path, frames), pps=5000)
+            st = a.wait_status(lambda s: sum(q["published"] for q in s["queues"]) == len(frames)
+                               and all(c["lag"] == 0 for q in s["queues"] for c in q["consumers"]),
+                               what="all frames in the rings and read")
+            assert all(q["published"] > 0 for q in st["queues"])   # the kernel spread the flows
+            assert a.stop() == 0
+        finally:
+            a.kill()
+        per_ring = [a.records(r, "flowmeter", "flows") for r in ("cap.q0", "cap.q1")]
+        assert sum(metered(r) for r in per_ring) == len(frames)
+        keys = [{tuple(sorted([(f["sourceIPAddress"], f["sourceTransportPort"]),
+                               (f["destinationIPAddress"], f["destinationTransportPort"])])) for f in r}
+                for r in per_ring]
+        assert len(keys[0]) + len(keys[1]) == 80 and not keys[0] & keys[1]   # no flow split across rings
+    finally:
+        v.down()
