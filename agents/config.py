@@ -32,6 +32,28 @@ def _name(value, key):
     return value
 
 
+def _ifname(value, key):
+    # the kernel's dev_valid_name(): "." or ".." would also pass the /sys/class/net/NAME check
+    if not value or len(value) > 15 or value in (".", "..") or any(c in "/:" or c.isspace() for c in value):
+        raise ConfigError(key, f"{value!r} is not an interface name (1-15 characters, not '.' or '..', no "
+                               "'/', ':' or spaces); check the name with `ip link`")
+    return value
+
+
+def _ndesc(value, key):
+    n = C.size(value, key)
+    if n & (n - 1) or not 64 <= n <= 1 << 28:
+        raise ConfigError(key, f"must be a power of two from 64 to {1 << 28} (e.g. 65536 or '64K'), "
+                               f"not {value!r}")
+    return n
+
+
+def _snaplen(value, key):
+    if not 0 <= value <= 65535:
+        raise ConfigError(key, f"must be 1 to 65535 bytes (0 = the ring's default), not {value!r}")
+    return value
+
+
 def _cpus(value, key):
     if not isinstance(value, (str, int, list)) or isinstance(value, bool):
         raise ConfigError(key, f"expected \"auto\", \"none\", a CPU number, a list or a range like \"2-5\", "
@@ -80,9 +102,9 @@ METRICS = {
 }
 
 RING = {
-    "ndesc": C.Field((int, str), 65536, "descriptors (a power of two)", C.size),
+    "ndesc": C.Field((int, str), 65536, "descriptors (a power of two)", _ndesc),
     "arena": C.Field((int, str), "64M", "packet arena bytes", C.size),
-    "snaplen": C.Field(int, 65535, "longest packet stored", None),
+    "snaplen": C.Field(int, 65535, "longest packet stored", _snaplen),
     "full": C.Field(str, "block", "when full: block (hold the capture) or drop (drop new packets)",
                     C.one_of("block", "drop")),
 }
@@ -90,7 +112,7 @@ RING = {
 CAPTURE = {
     "name": C.Field(str, None, "ring prefix: rings are NAME.qQUEUE; default interface name or file stem", _name),
     "source": C.Field(str, "afpacket", "capture backend", C.one_of(*SOURCES)),
-    "interface": C.Field(str, None, "network interface (afpacket, afxdp)"),
+    "interface": C.Field(str, None, "network interface (afpacket, afxdp)", _ifname),
     "file": C.Field(str, None, "capture file (pcap source)"),
     "queues": C.Field((str, int, list), "all", "\"all\" or receive queue numbers", _queues),
     "cpus": C.Field((str, int, list), "auto", "\"auto\", \"none\" or one CPU per queue", _cpus),
@@ -243,7 +265,7 @@ def build(raw: dict, path: str = "<config>", base: str = ".", sysfs: str = "/sys
         from capfan.agents.metrics import parse_listen  # noqa: PLC0415
         metrics = parse_listen(cfg["metrics"]["listen"], "metrics.listen")
     if check_host:
-        _check_dirs(run_dir, ring_dir)
+        _check_dirs(run_dir, ring_dir, out)
         check_privileges(captures)
     r = a["restart"]
     if r["backoff_max"] < r["backoff_initial"]:
@@ -355,9 +377,10 @@ def _per_instance(cpus, n: int, key: str, what: str) -> list:
     """One CPU wish per instance from a section's cpus (auto/None repeat; a list maps in order)."""
     if not isinstance(cpus, list):
         return [cpus] * n
-    if len(cpus) < n:
-        raise ConfigError(key, f"lists {len(cpus)} CPU(s) for {n} {what}(s); give one per {what} "
-                               "or use \"auto\"")
+    if len(cpus) < n:  # so n >= 2: an empty list is refused earlier
+        plural = what + ("es" if what.endswith("s") else "s")
+        raise ConfigError(key, f"lists {len(cpus)} CPU{'s' if len(cpus) > 1 else ''} for {n} {plural}; "
+                               f"give one per {what} or use \"auto\"")
     return cpus[:n]
 
 
@@ -366,9 +389,9 @@ def _check_option_names(source: str, options: dict, key: str) -> None:
     from capfan import sources  # noqa: PLC0415
     cls = sources.source_class(source)
     params = inspect.signature(cls).parameters
-    accepted = [n for n, p in params.items()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("ifname", "path")]
     reserved = {"queue", "bpf"} if source != "pcap" else set()
+    accepted = [n for n, p in params.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("ifname", "path", *reserved)]
     for k in options:
         if k in reserved:
             raise ConfigError(f"{key}.{k}", f"set {k} in the [[capture]] table itself, not in options")
@@ -434,24 +457,37 @@ def _expand(options: dict, fields: dict, key: str) -> dict:
         if isinstance(v, str) and "{" in v:
             try:
                 v = v.format_map(fields)
-            except (KeyError, ValueError, IndexError) as e:
-                raise ConfigError(f"{key}.{k}", f"cannot fill in {v!r}: {e!s}; placeholders: "
-                                                f"{', '.join('{' + f + '}' for f in fields)}") from None
+            # "{ring.x}" / "{queue[0]}" raise AttributeError / TypeError
+            except (KeyError, ValueError, IndexError, AttributeError, TypeError) as e:
+                why = f"unknown placeholder {{{e.args[0]}}}" if isinstance(e, KeyError) else str(e)
+                raise ConfigError(f"{key}.{k}", f"cannot fill in {v!r}: {why}; placeholders: "
+                                                f"{', '.join('{' + f + '}' for f in fields)} "
+                                                "(write {{ and }} for literal braces)") from None
         out[k] = v
     return out
 
 
-def _check_dirs(run_dir: str, ring_dir: str) -> None:
+def _check_dirs(run_dir: str, ring_dir: str, out: str) -> None:
     if not os.path.isdir(ring_dir):
         raise ConfigError("agent.ring_dir", f"{ring_dir} is not a directory (use /dev/shm or a hugetlbfs mount)")
     if not os.access(ring_dir, os.W_OK | os.X_OK):
         raise ConfigError("agent.ring_dir", f"cannot create rings in {ring_dir}: not writable by this user")
-    probe = run_dir
+    _check_creatable(run_dir, "run_dir", "status")
+    _check_creatable(out, "out", "records")
+
+
+def _check_creatable(path: str, name: str, what: str) -> None:
+    """agent.NAME is a directory this process can write, or one it can create."""
+    probe = path
     while not os.path.exists(probe):
         probe = os.path.dirname(probe) or "/"
+    # a file in the way: root passes os.access() on it, and makedirs() would fail at startup
+    if not os.path.isdir(probe):
+        where = f"{path} is" if probe == path else f"cannot create {path}: {probe} is"
+        raise ConfigError(f"agent.{name}", f"{where} a file, not a directory; set {name} to a directory path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError("agent.run_dir", f"cannot write status under {run_dir} ({probe} is not writable): "
-                                           "run as root, or set run_dir to a directory you own")
+        raise ConfigError(f"agent.{name}", f"cannot write {what} under {path} ({probe} is not writable): "
+                                           f"run as root, or set {name} to a directory you own")
 
 
 def effective_caps() -> int:

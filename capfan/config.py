@@ -50,13 +50,22 @@ def load_file(path: str) -> dict:
     """Parse a TOML file; a missing file or a syntax error is a ConfigError naming the file."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise ConfigError("-c", f"no config file {path!r}") from None
     except IsADirectoryError:
         raise ConfigError("-c", f"{path!r} is a directory, not a TOML file") from None
     except PermissionError:
         raise ConfigError("-c", f"cannot read {path!r}: permission denied (run as its owner or fix its mode)") \
+            from None
+    except OSError as e:  # e.g. a file where a directory should be: "/etc/capfan.toml/agent.toml"
+        raise ConfigError("-c", f"cannot read {path!r}: {e.strerror}") from None
+    try:
+        # decoded here, not by tomllib.load: its UnicodeDecodeError is not a TOMLDecodeError
+        return tomllib.loads(data.decode())
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError("-c", f"{path} is not valid TOML: not UTF-8 text (line {line}); save it as UTF-8") \
             from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("-c", f"{path} is not valid TOML: {e}") from None
@@ -135,14 +144,14 @@ def _as_tuple(types) -> tuple:
 
 def positive(value, key: str):
     """Check: a number above zero."""
-    if value <= 0:
+    if not value > 0:  # also rejects TOML's nan
         raise ConfigError(key, f"must be above 0, not {value!r}")
     return value
 
 
 def non_negative(value, key: str):
     """Check: a number of zero or more."""
-    if value < 0:
+    if not value >= 0:  # also rejects TOML's nan
         raise ConfigError(key, f"must be 0 or more, not {value!r}")
     return value
 
