@@ -358,10 +358,14 @@ def _host_queues(key: str, iface: str, queues, sysfs: str, check_host: bool) -> 
     if n is not None:
         bad = [q for q in queues if q >= n]
         if bad:
-            raise ConfigError(f"{key}.queues", f"{iface} has {n} receive queue(s) (0-{n - 1}), so queue "
+            raise ConfigError(f"{key}.queues", f"{iface} has {_queue_count(n)}, so queue "
                                                f"{bad[0]} does not exist; use queues = \"all\" or raise the "
                                                f"count with `ethtool -L {iface} combined N`")
     return queues
+
+
+def _queue_count(n: int) -> str:
+    return "1 receive queue (0)" if n == 1 else f"{n} receive queues (0-{n - 1})"
 
 
 def nic_rx_queues(iface: str, sysfs: str = "/sys") -> int | None:
@@ -512,15 +516,23 @@ def needed_caps(source: str) -> list[tuple[int, ...]]:
     return []
 
 
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def check_privileges(captures: list[CaptureWorker], caps: int | None = None) -> None:
     """ConfigError naming the capture whose backend needs a capability this process lacks."""
     have = effective_caps() if caps is None else caps
     for w in captures:
-        missing = [alts for alts in needed_caps(w.source) if not any(have >> c & 1 for c in alts)]
+        needed = needed_caps(w.source)
+        missing = [alts for alts in needed if not any(have >> c & 1 for c in alts)]
         if missing:
-            names = [" or ".join(CAP_NAMES[c] for c in alts) for alts in missing]
-            need = sorted({CAP_NAMES[alts[0]] for alts in needed_caps(w.source)})
-            raise ConfigError(f"{w.key}.source", f"capturing {w.interface} with {w.source} needs "
-                                                 f"{', '.join(names)}, which this process lacks; run the agent as "
-                                                 f"root or grant them (systemd: AmbientCapabilities="
-                                                 f"{' '.join(need)})")
+            lacks = _and([CAP_NAMES[alts[0]] for alts in missing])
+            grant = " ".join(sorted(CAP_NAMES[alts[0]] for alts in needed))
+            need = _and([CAP_NAMES[alts[0]] for alts in needed])
+            if any(len(alts) > 1 for alts in needed):
+                need += " (CAP_SYS_ADMIN instead of CAP_BPF before Linux 5.8)"
+            raise ConfigError(f"{w.key}.source", f"capturing {w.interface} with {w.source} needs {need}; this "
+                                                 f"process lacks {lacks}. Run the agent as root with its full "
+                                                 f"capabilities, or grant them (systemd: AmbientCapabilities="
+                                                 f"{grant}; docker: --cap-add for each)")

@@ -21,7 +21,7 @@ def plan_lines(cfg, warnings: list[str]) -> list[str]:
         what = w.file if w.source == "pcap" else f"{w.interface} queue {w.queue}"
         lines.append(f"  capture  {w.ring:<20} {w.source:<8} {what}  cpu {_cpu(w.cpu)}")
     for w in cfg.analyzers:
-        grp = f" group {w.group} {w.member}/{w.group_size}" if w.group else ""
+        grp = f" group {w.group} member {w.member} of {w.group_size}" if w.group else ""
         lines.append(f"  analyzer {w.ring:<20} {w.consumer:<16} {w.analyzer}{grp}  cpu {_cpu(w.cpu)}"
                      f"  spin_us {w.spin_us}")
     lines += [f"warning: {w}" for w in warnings]

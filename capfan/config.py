@@ -52,23 +52,23 @@ def load_file(path: str) -> dict:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise ConfigError("-c", f"no config file {path!r}") from None
+        raise ConfigError(None, f"no config file {path!r} (pass -c FILE; examples in agents/examples/)") from None
     except IsADirectoryError:
-        raise ConfigError("-c", f"{path!r} is a directory, not a TOML file") from None
+        raise ConfigError(None, f"config file {path!r} is a directory, not a TOML file") from None
     except PermissionError:
-        raise ConfigError("-c", f"cannot read {path!r}: permission denied (run as its owner or fix its mode)") \
+        raise ConfigError(None, f"cannot read config file {path!r}: permission denied (run as its owner or fix its mode)") \
             from None
     except OSError as e:  # e.g. a file where a directory should be: "/etc/capfan.toml/agent.toml"
-        raise ConfigError("-c", f"cannot read {path!r}: {e.strerror}") from None
+        raise ConfigError(None, f"cannot read config file {path!r}: {e.strerror}") from None
     try:
         # decoded here, not by tomllib.load: its UnicodeDecodeError is not a TOMLDecodeError
         return tomllib.loads(data.decode())
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError("-c", f"{path} is not valid TOML: not UTF-8 text (line {line}); save it as UTF-8") \
+        raise ConfigError(None, f"config file {path} is not valid TOML: not UTF-8 text (line {line}); save it as UTF-8") \
             from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError("-c", f"{path} is not valid TOML: {e}") from None
+        raise ConfigError(None, f"config file {path} is not valid TOML: {e}") from None
 
 
 def _type_name(types) -> str:

@@ -38,7 +38,8 @@ class ConfigError(CapfanError):
 
     def __init__(self, key, message):
         self.key = key
-        super().__init__(f"config key '{key}': {message}")
+        # key None: the file itself (missing, unreadable, not TOML); the message names it
+        super().__init__(message if key is None else f"config key '{key}': {message}")
 
 
 class SourceError(CapfanError):

@@ -2,6 +2,8 @@
 key paths in messages, and load_file's errors. Messages are asserted in full."""
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -201,18 +203,18 @@ def test_load_file(tmp_path):
 
 
 def test_load_file_errors(tmp_path):
-    assert err(C.load_file, str(tmp_path / "nope.toml")) == f"config key '-c': no config file '{tmp_path}/nope.toml'"
-    assert err(C.load_file, str(tmp_path)) == f"config key '-c': '{tmp_path}' is a directory, not a TOML file"
+    assert err(C.load_file, str(tmp_path / "nope.toml")) == f"no config file '{tmp_path}/nope.toml' (pass -c FILE; examples in agents/examples/)"
+    assert err(C.load_file, str(tmp_path)) == f"config file '{tmp_path}' is a directory, not a TOML file"
     (tmp_path / "f").write_text("")
     # used to escape as NotADirectoryError (a traceback in the CLI)
     assert err(C.load_file, str(tmp_path / "f" / "a.toml")) == \
-        f"config key '-c': cannot read '{tmp_path}/f/a.toml': Not a directory"
+        f"cannot read config file '{tmp_path}/f/a.toml': Not a directory"
 
 
 def test_load_file_syntax_errors(tmp_path):
     p = tmp_path / "a.toml"
     p.write_text('[agent]\nname = "x"\nname = "y"\n')
-    bad = f"config key '-c': {p} is not valid TOML: "
+    bad = f"config file {p} is not valid TOML: "
     assert err(C.load_file, str(p)) == bad + "Cannot overwrite a value (at line 3, column 11)"
     p.write_text('[agent\n')
     assert err(C.load_file, str(p)) == bad + "Expected ']' at the end of a table declaration (at line 1, column 7)"
@@ -221,10 +223,19 @@ def test_load_file_syntax_errors(tmp_path):
     assert err(C.load_file, str(p)) == bad + "not UTF-8 text (line 2); save it as UTF-8"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_load_file_permission_denied(tmp_path):
     p = tmp_path / "a.toml"
     p.write_text("")
     p.chmod(0)
-    assert err(C.load_file, str(p)) == \
-        f"config key '-c': cannot read '{p}': permission denied (run as its owner or fix its mode)"
+    want = f"cannot read config file '{p}': permission denied (run as its owner or fix its mode)"
+    if os.geteuid() != 0:
+        assert err(C.load_file, str(p)) == want
+        return
+    # root reads any file through CAP_DAC_OVERRIDE / DAC_READ_SEARCH: load it in a process without them
+    os.chown(p, 65534, 65534)
+    code = ("import sys\nfrom capfan import config, errors\ntry:\n    config.load_file(sys.argv[1])\n"
+            "except errors.ConfigError as e:\n    print(e)\n")
+    drop = "-dac_override,-dac_read_search"
+    r = subprocess.run(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable, "-c", code,
+                        str(p)], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == want, r.stderr

@@ -26,6 +26,8 @@ CPU_FORMS = ('expected "auto", "none", a CPU number (3), a kernel-style CPU list
 PLACEHOLDERS = "{ring}, {capture}, {queue}, {consumer}, {member}, {instance}"
 LO = '[[capture]]\ninterface = "lo"\n'
 # root keeps its uid but loses the capture capabilities (bounding set: also for the exec'd python)
+XDP_TAIL = ("Run the agent as root with its full capabilities, or grant them (systemd: "
+            "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_NET_RAW; docker: --cap-add for each)")
 DROP_CAPS = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
              "--bounding-set=-net_raw,-net_admin,-bpf,-sys_admin"]
 
@@ -69,28 +71,28 @@ def error(tmp_path, text, **kw) -> str:
 def test_toml_syntax_error_names_file_line_and_column(tmp_path):
     text = config(tmp_path, '[[capture]]\ninterface = lo\n')
     line = text.splitlines().index("interface = lo") + 1
-    assert error(tmp_path, text) == (f"config key '-c': {tmp_path}/agent.toml is not valid TOML: "
+    assert error(tmp_path, text) == (f"config file {tmp_path}/agent.toml is not valid TOML: "
                                      f"Invalid value (at line {line}, column 13)")
 
 
 def test_duplicate_key_is_a_toml_error(tmp_path):
     text = config(tmp_path, LO + 'interface = "lo"\n')
     line = len(text.splitlines())
-    assert error(tmp_path, text) == (f"config key '-c': {tmp_path}/agent.toml is not valid TOML: "
+    assert error(tmp_path, text) == (f"config file {tmp_path}/agent.toml is not valid TOML: "
                                      f"Cannot overwrite a value (at line {line}, column 17)")
 
 
 def test_not_utf8_names_the_line(tmp_path):
     text = config(tmp_path).encode() + b"# caf\xe9\n"
     line = text.count(b"\n")
-    assert error(tmp_path, text) == (f"config key '-c': {tmp_path}/agent.toml is not valid TOML: not UTF-8 "
+    assert error(tmp_path, text) == (f"config file {tmp_path}/agent.toml is not valid TOML: not UTF-8 "
                                      f"text (line {line}); save it as UTF-8")
 
 
 def test_missing_config_file(tmp_path):
     r = run_check(tmp_path / "nope.toml")
-    assert (r.returncode, r.stderr) == (2, f"capfan: error: config key '-c': no config file "
-                                           f"'{tmp_path}/nope.toml'\n")
+    assert (r.returncode, r.stderr) == (2, f"capfan: error: no config file '{tmp_path}/nope.toml' (pass -c FILE; "
+                                           "examples in agents/examples/)\n")
 
 
 # ------------------------------------------------------------------------------ schema
@@ -256,7 +258,7 @@ def test_interface_name_invalid(tmp_path, name):
 
 def test_queue_beyond_the_nics_queues(tmp_path):
     assert error(tmp_path, config(tmp_path, LO + 'queues = [3]\n')) == \
-        ("config key 'capture[0].queues': lo has 1 receive queue(s) (0-0), so queue 3 does not exist; use "
+        ("config key 'capture[0].queues': lo has 1 receive queue (0), so queue 3 does not exist; use "
          "queues = \"all\" or raise the count with `ethtool -L lo combined N`")
 
 
@@ -417,11 +419,19 @@ def test_ring_dir_not_a_directory(tmp_path):
         f"config key 'agent.ring_dir': {tmp_path}/nope is not a directory (use /dev/shm or a hugetlbfs mount)"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+# root writes anywhere through CAP_DAC_OVERRIDE: as root, drop it (and DAC_READ_SEARCH) so the
+# directory's mode applies, as it does to an unprivileged agent
+NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
 def test_run_dir_not_writable(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "ro", 65534, 65534)   # nobody's: root without DAC override may not write
+        prefix = NO_DAC
     text = config(tmp_path).replace(f'run_dir = "{tmp_path}/run"', f'run_dir = "{tmp_path}/ro/run"')
-    assert error(tmp_path, text) == \
+    assert error(tmp_path, text, prefix=prefix) == \
         (f"config key 'agent.run_dir': cannot write status under {tmp_path}/ro/run ({tmp_path}/ro is not "
          "writable): run as root, or set run_dir to a directory you own")
 
@@ -441,15 +451,16 @@ def _without_capture_caps() -> list[str]:
 
 def test_missing_cap_net_raw(tmp_path):
     assert error(tmp_path, config(tmp_path), prefix=_without_capture_caps()) == \
-        ("config key 'capture[0].source': capturing lo with afpacket needs CAP_NET_RAW, which this process "
-         "lacks; run the agent as root or grant them (systemd: AmbientCapabilities=CAP_NET_RAW)")
+        ("config key 'capture[0].source': capturing lo with afpacket needs CAP_NET_RAW; this process lacks "
+         "CAP_NET_RAW. Run the agent as root with its full capabilities, or grant them (systemd: "
+         "AmbientCapabilities=CAP_NET_RAW; docker: --cap-add for each)")
 
 
 def test_missing_cap_bpf(tmp_path):
     assert error(tmp_path, config(tmp_path, LO + 'source = "afxdp"\n'), prefix=_without_capture_caps()) == \
-        ("config key 'capture[0].source': capturing lo with afxdp needs CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF or "
-         "CAP_SYS_ADMIN, which this process lacks; run the agent as root or grant them (systemd: "
-         "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_NET_RAW)")
+        ("config key 'capture[0].source': capturing lo with afxdp needs CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF "
+         "(CAP_SYS_ADMIN instead of CAP_BPF before Linux 5.8); this process lacks CAP_NET_RAW, CAP_NET_ADMIN and "
+         "CAP_BPF. " + XDP_TAIL)
 
 
 def test_replay_needs_no_privileges(tmp_path):
@@ -476,14 +487,14 @@ def test_check_privileges_alternatives():
     agentconfig.check_privileges(_lo_workers("afpacket"), _caps("CAP_NET_RAW"))
     with pytest.raises(ConfigError) as e:
         agentconfig.check_privileges(xdp, _caps("CAP_NET_RAW", "CAP_NET_ADMIN"))
-    assert str(e.value) == ("config key 'capture[0].source': capturing lo with afxdp needs CAP_BPF or "
-                            "CAP_SYS_ADMIN, which this process lacks; run the agent as root or grant them "
-                            "(systemd: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_NET_RAW)")
+    assert str(e.value) == ("config key 'capture[0].source': capturing lo with afxdp needs CAP_NET_RAW, "
+                            "CAP_NET_ADMIN and CAP_BPF (CAP_SYS_ADMIN instead of CAP_BPF before Linux 5.8); this "
+                            "process lacks CAP_BPF. " + XDP_TAIL)
     with pytest.raises(ConfigError) as e:
         agentconfig.check_privileges(_lo_workers("afpacket"), _caps("CAP_NET_ADMIN", "CAP_BPF"))
-    assert str(e.value) == ("config key 'capture[0].source': capturing lo with afpacket needs CAP_NET_RAW, which "
-                            "this process lacks; run the agent as root or grant them (systemd: "
-                            "AmbientCapabilities=CAP_NET_RAW)")
+    assert str(e.value) == ("config key 'capture[0].source': capturing lo with afpacket needs CAP_NET_RAW; this "
+                            "process lacks CAP_NET_RAW. Run the agent as root with its full capabilities, or grant "
+                            "them (systemd: AmbientCapabilities=CAP_NET_RAW; docker: --cap-add for each)")
     assert agentconfig.needed_caps("pcap") == []
 
 
@@ -530,7 +541,7 @@ def test_example_afxdp_checks(tmp_path):
     assert _plan(tmp_path, _example(tmp_path, "afxdp.toml").read_text()) == [
         "  capture  lo.q0                afxdp    lo queue 0  cpu N",
         "  analyzer lo.q0                flowmeter        flowmeter  cpu N  spin_us 0",
-        *[f"  analyzer lo.q0                ids-{i}            stats group ids {i + 1}/4  cpu N  spin_us 0"
+        *[f"  analyzer lo.q0                ids-{i}            stats group ids member {i} of 4  cpu N  spin_us 0"
           for i in range(4)],
     ]
 
@@ -548,6 +559,6 @@ def test_example_replay_checks(tmp_path):
         f"  capture  {ring:<20} pcap     {file}  cpu N",
         f"  analyzer {ring:<20} flowmeter        flowmeter  cpu N  spin_us 0",
         f"  analyzer {ring:<20} stats            stats  cpu N  spin_us 0",
-        f"  analyzer {ring:<20} rec-0            recorder group rec 1/2  cpu N  spin_us 0",
-        f"  analyzer {ring:<20} rec-1            recorder group rec 2/2  cpu N  spin_us 0",
+        f"  analyzer {ring:<20} rec-0            recorder group rec member 0 of 2  cpu N  spin_us 0",
+        f"  analyzer {ring:<20} rec-1            recorder group rec member 1 of 2  cpu N  spin_us 0",
     ]
