@@ -375,3 +375,123 @@ def _fm_progress(i: int, total: int, r, seconds: float) -> None:
     what = f"error: {r.error.splitlines()[0]}" if r.error else f"{r.mpps:.3f} Mpps per CPU-second"
     click.echo(f"[{i}/{total}] round {r.round + 1} {r.method} ({r.packets:,} packets): {what} ({seconds:.1f} s)",
                err=True)
+
+
+# ---------------------------------------------------------------- capfan bench spin
+
+def _spin_rates(ctx, param, value: str) -> tuple[int, ...]:
+    """Click callback: '0,1000,10k' -> (0, 1000, 10000); 0 = an idle ring."""
+    out = []
+    for v in (v.strip().lower() for v in value.split(",") if v.strip()):
+        try:
+            pps = int(float(v[:-1]) * 1000) if v.endswith("k") else int(v)
+        except ValueError:
+            raise click.BadParameter(f"rate {v!r}: use packets per second like 10000 or 10k (0 = idle)") from None
+        if not 0 <= pps <= 1_000_000:
+            raise click.BadParameter(f"rate {v!r} must be 0 (idle) to 1000000 packets per second")
+        out.append(pps)
+    if not out:
+        raise click.BadParameter("give at least one rate")
+    return tuple(dict.fromkeys(out))
+
+
+def _spin_values(ctx, param, value: str) -> tuple[int, ...]:
+    """Click callback: spin_us values (0..1000000, the agent's range)."""
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated microseconds, got {value!r}") from None
+    if not out or not all(0 <= v <= 1_000_000 for v in out):
+        raise click.BadParameter("give spin_us values from 0 to 1000000")
+    return out
+
+
+@bench.command("spin")
+@click.option("--rates", default="0,1000,10000,100000", show_default=True, callback=_spin_rates,
+              help="Packet rates of the replay (packets per second, 10k works too); 0 = an idle ring.")
+@click.option("--spin", "spins", default="0,20,200,2000", show_default=True, callback=_spin_values,
+              help="Analyzer spin_us values; 0 (adaptive, the baseline of the ratios) is always measured.")
+@click.option("--seconds", default=4.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Length of each replay; CPU is measured from 0.5 s after its first packet to 0.25 s "
+                   "before its end (shorter replays: 20% / 15%).")
+@click.option("--quick", is_flag=True,
+              help="Rates 0,10000, spin 0,200, 1.5 s replays, 1 retry (options given explicitly still win): "
+                   "the whole run in 10-20 s.")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Repeat a run up to this many times while a worker waited for a CPU over 10% of the window "
+                   "(other load caps what a spinner burns); the table shows the least contended attempt.")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help='Workers with cpus = "auto" (capture and analyzer on their own cores) or "none".')
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also save every measurement to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-run progress lines on stderr.")
+@click.pass_context
+def spin_cmd(ctx, rates, spins, seconds, retries, quick, pin, json_path, quiet):
+    """Analyzer CPU cost of spin_us, through a real agent (pcap replay at 1x -> stats analyzer)."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from capfan.bench import spin as S  # noqa: PLC0415
+
+    given = {k: v for k, v in dict(rates=rates, spins=spins, seconds=seconds, retries=retries).items()
+             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT or not quick}
+    cfg = S.Settings(pin=pin, **{**(S.QUICK if quick else {}), **given})
+    info = S.machine_info()
+    t0 = time.monotonic()
+    work = []
+    try:
+        runs = S.run_bench(cfg, progress=None if quiet else _spin_progress, work_dir=work.append)
+    except KeyboardInterrupt:
+        click.echo("capfan bench spin: interrupted; its agents were stopped and its files removed", err=True)
+        sys.exit(130)
+    rows = S.summarize(runs, cfg)
+    header = (f"capfan bench spin: {info['cpus']} CPUs ({info['cpu_model']}), kernel {info['kernel']}, Python "
+              f"{info['python']}; per run one `capfan agent`: pcap replay at 1x of {S.FRAME_SIZE}-byte UDP frames "
+              f"-> ring ({S.RING_NDESC} descriptors, {S.RING_ARENA}) -> one `stats` analyzer (reliable), "
+              f"cpus = \"{'auto' if pin else 'none'}\" ({S.placement(runs)}); {cfg.seconds:g} s replays, CPU "
+              f"measured from {cfg.warmup:.3g} s after the first packet to {cfg.tail:.3g} s before the end "
+              f"({_spin_clock(runs)}); {_spin_count(runs)} in {time.monotonic() - t0:.0f} s")
+    S.render(Console() if sys.stdout.isatty() else Console(width=170), rows, runs, cfg, header)
+    if json_path:
+        argv = [os.path.basename(sys.argv[0])] + sys.argv[1:]
+        settings = dict(command=shlex.join(argv), rates=cfg.rates, spins=cfg.spins, seconds=cfg.seconds,
+                        retries=cfg.retries, quick=quick, pin=pin, warmup_s=round(cfg.warmup, 3),
+                        tail_s=round(cfg.tail, 3), frame_size=S.FRAME_SIZE, ring_ndesc=S.RING_NDESC,
+                        ring_arena=S.RING_ARENA, analyzer="stats", policy="reliable",
+                        work_dir=work[0] if work else None)
+        with open(json_path, "w") as f:
+            json.dump(S.report_dict(runs, rows, info, settings), f, indent=1, default=str, allow_nan=False)
+    if not S.accounting_ok(runs):
+        sys.exit(1)  # a run that failed or lost packets must not look like a success
+
+
+def _spin_count(runs) -> str:
+    """'16 runs', or '16 runs (19 agent runs: 3 contended ones repeated)'."""
+    n = sum(len(r.contention_attempts) or 1 for r in runs)
+    extra = f" ({n} agent runs: {n - len(runs)} contended ones repeated)" if n > len(runs) else ""
+    return f"{len(runs)} runs{extra}"
+
+
+def _spin_clock(runs) -> str:
+    """Which CPU clock the numbers come from."""
+    clocks = {r.clock for r in runs if r.clock}
+    if clocks == {"schedstat"}:
+        return "CPU time from /proc/PID/task/*/schedstat, ns"
+    return "CPU time from /proc/PID/stat utime+stime, 10 ms ticks" if clocks == {"stat"} else "mixed CPU clocks"
+
+
+def _spin_progress(i: int, total: int, r) -> None:
+    """One stderr line per finished agent run."""
+    from capfan.bench.spin import rate_label  # noqa: PLC0415
+
+    if r.error:
+        what = f"error: {r.error.splitlines()[0][:160]}"
+    else:
+        what = (f"analyzer {100 * r.analyzer_share:.2f}% ({r.analyzer_sleeps / r.window_s:,.0f} sleeps/s), capture "
+                f"{100 * r.capture_share:.1f}% of a core over {r.window_s:.2f} s ({r.window_packets:,} packets"
+                + ("" if r.contention != r.contention else
+                   f", waited for a CPU: analyzer {100 * r.analyzer_wait_s / r.window_s:.1f}%, capture "
+                   f"{100 * r.capture_wait_s / r.window_s:.1f}%")
+                + f"); {r.delivered:,}/{r.packets:,} delivered")
+    if len(r.contention_attempts) > 1:
+        what += f"; attempt {r.attempt}, the least contended of {len(r.contention_attempts)}"
+    click.echo(f"[{i}/{total}] {rate_label(r.rate)} spin_us={r.spin_us}: {what} ({r.wall_s:.1f} s)", err=True)
