@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan import errors
-from capfan.bench.report import Target, no_nan, targets_table
+from capfan.bench.report import Target, cpu_model, no_nan, targets_table
 from capfan.bench.report import fmt as _f
 
 TARGET_VS_DPKT = 80.0             # flow meter packets/CPU-s >= 80x the dpkt meter's
@@ -848,12 +848,7 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    model = cpu_model()
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "python": platform.python_version(), "numpy": np.__version__, "dpkt": version("dpkt"),
             "scapy": version("scapy")}

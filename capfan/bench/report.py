@@ -40,3 +40,12 @@ def no_nan(x):
     if isinstance(x, (list, tuple)):
         return [no_nan(v) for v in x]
     return x
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('' when unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        return ""

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from capfan._capfan_core import ffi, lib
-from capfan.bench.report import Target, no_nan, targets_table
+from capfan.bench.report import Target, cpu_model, no_nan, targets_table
 from capfan.bench.report import fmt as _f
 
 LINE_RATE_64B = 14_880_952        # 10GbE at 64-byte frames (84 B on the wire incl. preamble/IFG)
@@ -857,12 +857,7 @@ def machine_info() -> dict:
 
     from capfan.ring import ring_dir  # noqa: PLC0415
 
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    model = cpu_model()
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "python": platform.python_version(), "numpy": np.__version__,
             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),

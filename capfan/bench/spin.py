@@ -52,7 +52,7 @@ import numpy as np
 
 from capfan import errors
 from capfan.bench.report import fmt as _f
-from capfan.bench.report import no_nan
+from capfan.bench.report import cpu_model, no_nan
 
 DEFAULT_RATES = (0, 1_000, 10_000, 100_000)
 DEFAULT_SPINS = (0, 20, 200, 2_000)
@@ -629,12 +629,7 @@ def machine_info() -> dict:
     """What the numbers were measured on."""
     import platform  # noqa: PLC0415
 
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    model = cpu_model()
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "python": platform.python_version(), "clk_tck": _CLK_TCK, "temp_root": temp_root()}
 
