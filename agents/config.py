@@ -12,7 +12,7 @@ import re
 import socket
 
 from capfan import config as C
-from capfan.errors import ConfigError
+from capfan.errors import CapfanError, ConfigError
 
 SOURCES = ("afpacket", "afxdp", "pcap")
 LIVE_SOURCES = ("afpacket", "afxdp")
@@ -137,9 +137,28 @@ ANALYZER = {
     "options": C.Field(dict, dict, "the analyzer's options (capfan analyze --list)"),
 }
 
+EXPORT = {
+    "collectors": C.Field(list, list, "collector endpoints [\"tcp://HOST:PORT\", ...] or tables "
+                                      "{ endpoint = ..., server_key = ... }; empty: records stay in agent.out"),
+    "security": C.Field(str, "curve", "curve (authenticated + encrypted) or plain (explicit opt-out)",
+                        C.one_of("curve", "plain")),
+    "key": C.Field(str, None, "this agent's key pair file (`capfan keys gen NAME` -> NAME.key_secret)"),
+    "server_key": C.Field(str, None, "the collectors' public key file (NAME.key) or its Z85 text"),
+    "spool_dir": C.Field(str, "/var/lib/capfan/spool", "unacknowledged batches, on disk (keep it persistent)"),
+    "spool_max": C.Field((int, str), "1G", "spool size limit", C.size),
+    "spool_policy": C.Field(str, "drop_oldest", "when the spool is full: drop_oldest or drop_new",
+                            C.one_of("drop_oldest", "drop_new")),
+    "window": C.Field(int, 64, "batches in flight per collector before waiting for acks", C.positive),
+    "health_interval": C.Field((int, float), 10.0, "seconds between health records (queue counters)",
+                               C.positive),
+    "drain_timeout": C.Field((int, float), 30.0, "seconds the exporter gets to deliver the spool at shutdown",
+                             C.non_negative),
+}
+
 SCHEMA = {
     "agent": C.Table(AGENT),
     "metrics": C.Table(METRICS),
+    "export": C.Table(EXPORT),
     "capture": C.Tables(CAPTURE, min_items=1),
     "analyzer": C.Tables(ANALYZER),
 }
@@ -207,6 +226,33 @@ class AnalyzerWorker:
 
 
 @dataclasses.dataclass
+class ExporterWorker:
+    """The process that ships spooled record batches to the collectors."""
+
+    spool_dir: str
+    host: str
+    collectors: list[dict]            # {"endpoint": ..., "server_key": Z85 or None}
+    curve: dict | None                # {"public": Z85, "secret": Z85}; None = plain text
+    spool_max: int
+    spool_policy: str
+    window: int
+    health_interval: float
+    drain_timeout: float
+    cpu_want: int | str | None = "auto"
+    cpu: int | None = None
+    id: str = "exporter"
+    key: str = "export"
+    kind: str = "exporter"
+    ring: str = ""
+    interface: str | None = None
+
+    @property
+    def label(self) -> str:
+        """For humans."""
+        return f"exporter to {', '.join(c['endpoint'] for c in self.collectors)}"
+
+
+@dataclasses.dataclass
 class AgentConfig:
     """A validated agent config, expanded into worker specs (CPUs are placed by the supervisor)."""
 
@@ -224,6 +270,7 @@ class AgentConfig:
     metrics: tuple[str, int] | None
     captures: list[CaptureWorker]
     analyzers: list[AnalyzerWorker]
+    exporter: "ExporterWorker | None" = None
 
     @property
     def state_dir(self) -> str:
@@ -237,8 +284,9 @@ class AgentConfig:
 
     @property
     def workers(self) -> list:
-        """Analyzers first (they attach before capture starts, so they miss nothing), then captures."""
-        return [*self.analyzers, *self.captures]
+        """The exporter and the analyzers first (analyzers attach before capture starts, so they
+        miss nothing), then the captures."""
+        return [*([self.exporter] if self.exporter else []), *self.analyzers, *self.captures]
 
 
 def load(path: str, sysfs: str = "/sys", check_host: bool = True) -> AgentConfig:
@@ -270,12 +318,69 @@ def build(raw: dict, path: str = "<config>", base: str = ".", sysfs: str = "/sys
     r = a["restart"]
     if r["backoff_max"] < r["backoff_initial"]:
         raise ConfigError("agent.restart.backoff_max", f"must be at least backoff_initial ({r['backoff_initial']})")
+    name = a["name"] or _hostname()
+    exporter = _exporter(cfg["export"], name, rel)
     return AgentConfig(path=os.path.abspath(path) if path != "<config>" else path,
-                       name=a["name"] or _hostname(), run_dir=run_dir, ring_dir=ring_dir, out=out,
+                       name=name, run_dir=run_dir, ring_dir=ring_dir, out=out, exporter=exporter,
                        exit_when_done=a["exit_when_done"], drain_timeout=a["drain_timeout"],
                        stop_timeout=a["stop_timeout"], start_timeout=a["start_timeout"],
                        status_interval=a["status_interval"], restart=dict(r), metrics=metrics,
                        captures=captures, analyzers=analyzers)
+
+
+_ENDPOINT_RE = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}|ipc://\S+)$")
+
+
+def _exporter(e: dict, host: str, rel) -> ExporterWorker | None:
+    """The exporter spec from [export]; None when no collector is configured."""
+    if not e["collectors"]:
+        return None
+    from capfan import keys  # noqa: PLC0415 - only when exporting
+
+    default_server = _server_key(e["server_key"], "export.server_key", rel, keys)
+    collectors = []
+    for i, c in enumerate(e["collectors"]):
+        key = f"export.collectors[{i}]"
+        if isinstance(c, str):
+            c = {"endpoint": c}
+        if not isinstance(c, dict) or set(c) - {"endpoint", "server_key"} or "endpoint" not in c:
+            raise ConfigError(key, "expected \"tcp://HOST:PORT\" or { endpoint = \"tcp://HOST:PORT\", "
+                                   "server_key = \"collector.key\" }")
+        if not isinstance(c["endpoint"], str) or not _ENDPOINT_RE.match(c["endpoint"]):
+            raise ConfigError(key, f"{c['endpoint']!r} is not a ZeroMQ endpoint like \"tcp://10.0.0.5:5557\"")
+        server = _server_key(c.get("server_key"), f"{key}.server_key", rel, keys) or default_server
+        if e["security"] == "curve" and not server:
+            raise ConfigError("export.server_key", "security = \"curve\" needs the collector's public key: set "
+                                                   "server_key = \"collector.key\" (from `capfan keys gen` on "
+                                                   "the collector), or choose security = \"plain\" explicitly")
+        collectors.append({"endpoint": c["endpoint"], "server_key": server if e["security"] == "curve" else None})
+    curve = None
+    if e["security"] == "curve":
+        if not e["key"]:
+            raise ConfigError("export.key", "security = \"curve\" needs this agent's key pair: run `capfan keys "
+                                            "gen AGENT`, set key = \"AGENT.key_secret\" and list AGENT.key on the "
+                                            "collector")
+        try:
+            public, secret = keys.load_keypair(rel(e["key"], "export.key"))
+        except CapfanError as err:
+            raise ConfigError("export.key", str(err)) from None
+        curve = {"public": public, "secret": secret}
+    return ExporterWorker(spool_dir=os.path.join(rel(e["spool_dir"], "export.spool_dir"), host), host=host,
+                          collectors=collectors, curve=curve, spool_max=e["spool_max"],
+                          spool_policy=e["spool_policy"], window=e["window"],
+                          health_interval=e["health_interval"], drain_timeout=e["drain_timeout"])
+
+
+def _server_key(value, key: str, rel, keys) -> str | None:
+    """A collector public key given as a key file or as 40-character Z85 text."""
+    if not value:
+        return None
+    if len(value) == 40 and not os.path.exists(rel(value, key)):
+        return value
+    try:
+        return keys.load_public(rel(value, key))
+    except CapfanError as err:
+        raise ConfigError(key, str(err)) from None
 
 
 def _hostname() -> str:

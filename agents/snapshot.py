@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from capfan import errors
 from capfan import ring as ringlib
 from capfan.agents.worker import read_state
@@ -14,6 +16,10 @@ SCHEMA_VERSION = 1
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 NIC_DROP_COUNTERS = ("rx_missed_errors", "rx_fifo_errors", "rx_over_errors")
+# the "health" stream the exporter ships to the collector: one record per queue
+HEALTH_DTYPE = np.dtype([("ts_ns", "<u8"), ("rx_packets", "<u8"), ("rx_bytes", "<u8"), ("published", "<u8"),
+                         ("kernel_drops", "<u8"), ("ring_drops", "<u8"), ("nic_drops", "<u8"),
+                         ("consumer_dropped", "<u8")])
 
 
 def proc_cpu_rss(pid: int) -> tuple[float, int] | None:
@@ -152,3 +158,18 @@ class StatusBuilder:
         for r in self._rings.values():
             r.close()
         self._rings.clear()
+
+
+def health_records(snapshot: dict) -> dict[str, np.ndarray]:
+    """ring -> one HEALTH_DTYPE record of that queue's counters (the collector keeps the latest)."""
+    out = {}
+    now = int(snapshot["agent"]["time"] * 1e9)
+    for q in snapshot["queues"]:
+        r = np.zeros(1, dtype=HEALTH_DTYPE)
+        r["ts_ns"] = now
+        for k in ("rx_packets", "rx_bytes", "published", "kernel_drops", "ring_drops"):
+            r[k] = q.get(k) or 0
+        r["nic_drops"] = q.get("nic_drops") or 0
+        r["consumer_dropped"] = sum(c["dropped"] for c in q["consumers"])
+        out[q["ring"]] = r
+    return out

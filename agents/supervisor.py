@@ -89,6 +89,7 @@ class Supervisor:
         self.started = time.time()
         self._metrics = None
         self._status = None
+        self._health: dict = {}
         self._say = on_event or (lambda msg: log.warning(msg))
         self._env = dict(os.environ, CAPFAN_RING_DIR=cfg.ring_dir, CAPFAN_RUN_DIR=cfg.run_dir)
 
@@ -97,7 +98,7 @@ class Supervisor:
     def place(self) -> None:
         """Choose each worker's CPU and collect placement warnings."""
         # captures first: with "auto" they get the best cores (on the NIC's node, not CPU 0)
-        workers = [*self.cfg.captures, *self.cfg.analyzers]
+        workers = [*self.cfg.captures, *self.cfg.analyzers, *([self.cfg.exporter] if self.cfg.exporter else [])]
         reqs = [placement.PinRequest(key=f"{w.key}.cpus", label=w.label, want=w.cpu_want,
                                      iface=w.interface,
                                      queue=(w.queue if getattr(w, "live", False) else None),
@@ -120,6 +121,11 @@ class Supervisor:
         except OSError as e:
             raise errors.ConfigError("agent.run_dir" if self.cfg.run_dir in (e.filename or "") else "agent.out",
                                      f"cannot create {e.filename}: {e.strerror}") from None
+        if self.cfg.exporter:
+            try:
+                os.makedirs(self.cfg.exporter.spool_dir, exist_ok=True)
+            except OSError as e:
+                raise errors.ConfigError("export.spool_dir", f"cannot create {e.filename}: {e.strerror}") from None
         for name in os.listdir(os.path.join(self.cfg.state_dir, "workers")):
             os.unlink(os.path.join(self.cfg.state_dir, "workers", name))  # a previous run's leftovers
 
@@ -152,6 +158,9 @@ class Supervisor:
                     title=("cf:" + (w.ring if w.kind == "capture" else w.consumer))[:15])
         if w.kind == "analyzer" and self.cfg.exit_when_done:
             spec["exit_on_eof"] = True
+        if w.kind == "analyzer" and self.cfg.exporter:
+            e = self.cfg.exporter
+            spec["spool"] = {"dir": e.spool_dir, "host": e.host, "max_bytes": e.spool_max, "policy": e.spool_policy}
         return spec
 
     def _spawn(self, p: Proc) -> None:
@@ -224,7 +233,7 @@ class Supervisor:
                           for w in self.cfg.workers]
             self._status = StatusBuilder(self.cfg)
             self._start_metrics()
-            if not (self._start_all([p for p in self.procs if p.spec.kind == "analyzer"])
+            if not (self._start_all([p for p in self.procs if p.spec.kind in ("exporter", "analyzer")])
                     and self._start_all([p for p in self.procs if p.spec.kind == "capture"])):
                 return 0  # stopped while starting: the finally below cleans up
             self.state = "running"
@@ -243,6 +252,7 @@ class Supervisor:
 
     def _supervise(self) -> int:
         next_status = time.monotonic() + self.cfg.status_interval
+        next_health = time.monotonic()
         while self.stop_signal is None:
             now = time.monotonic()
             for p in self.procs:
@@ -256,6 +266,9 @@ class Supervisor:
             if now >= next_status:
                 self.write_status()
                 next_status = now + self.cfg.status_interval
+            if self.cfg.exporter and now >= next_health:
+                self.send_health()
+                next_health = now + self.cfg.exporter.health_interval
             time.sleep(POLL_S)
         return 0
 
@@ -348,6 +361,19 @@ class Supervisor:
         self._last_snapshot = snap
         write_state(os.path.join(self.cfg.state_dir, "status.json"), snap)
 
+    def send_health(self) -> None:
+        """Spool one health record per queue (rx, drops) for the collector's health view."""
+        from capfan.agents.spool import SpoolWriter  # noqa: PLC0415 - only when exporting
+        from capfan.agents.snapshot import health_records  # noqa: PLC0415
+
+        e = self.cfg.exporter
+        snap = self._last_snapshot if getattr(self, "_last_snapshot", None) else self._build_snapshot()
+        for ring, rec in health_records(snap).items():
+            w = self._health.get(ring)
+            if w is None:
+                w = self._health[ring] = SpoolWriter(e.spool_dir, e.host, ring, e.spool_max, e.spool_policy)
+            w("health", rec)
+
     # ---------------------------------------------------------------- shutdown
 
     def _stop_procs(self, procs: list[Proc]) -> None:
@@ -399,6 +425,20 @@ class Supervisor:
             for r in rings.values():
                 r.close()
 
+    def _drain_spool(self) -> None:
+        """Give the exporter export.drain_timeout seconds to deliver what the analyzers flushed;
+        anything left stays in the spool and goes out on the next start."""
+        e = self.cfg.exporter
+        deadline = time.monotonic() + e.drain_timeout
+        while time.monotonic() < deadline and not self.hurry:
+            if spooled_batches(e.spool_dir) == 0:
+                return
+            time.sleep(POLL_S)
+        left = spooled_batches(e.spool_dir)
+        if left:
+            self._say(f"warning: {left} record batch(es) not yet acknowledged after {e.drain_timeout:g} s "
+                      f"(export.drain_timeout); they stay in {e.spool_dir} and are sent on the next start")
+
     def shutdown(self) -> None:
         """Stop captures, drain, stop analyzers (they flush), remove rings and state files."""
         self.state = "stopping"
@@ -407,10 +447,17 @@ class Supervisor:
                       "letting the analyzers drain and flush")
         caps = [p for p in self.procs if p.spec.kind == "capture"]
         anas = [p for p in self.procs if p.spec.kind == "analyzer"]
+        exps = [p for p in self.procs if p.spec.kind == "exporter"]
         self._stop_procs(caps)
         if any(p.pid is not None for p in anas):
             self._drain()
         self._stop_procs(anas)
+        if self.cfg.exporter and self._status is not None:
+            self.write_status()
+            self.send_health()  # the final counters
+        if any(p.pid is not None for p in exps):
+            self._drain_spool()
+        self._stop_procs(exps)
         if self._status is not None:
             self.state = "done"
             self.write_status()
@@ -429,6 +476,17 @@ class Supervisor:
                 pass
         if self._created:
             self._say(f"agent {self.cfg.name} stopped; rings {', '.join(self._created)} removed")
+
+
+def spooled_batches(spool_dir: str) -> int:
+    """Batches in a spool not yet acknowledged (incoming + outgoing)."""
+    n = 0
+    for sub in ("incoming", "outgoing"):
+        try:
+            n += sum(1 for f in os.listdir(os.path.join(spool_dir, sub)) if f.endswith(".batch"))
+        except FileNotFoundError:
+            pass
+    return n
 
 
 def _remove_stale_xdp(iface: str | None) -> None:

@@ -125,7 +125,13 @@ def run_analyzer(spec: dict, rep: Reporter) -> int:
     from capfan.analyzers.runner import Runner, RunSpec  # noqa: PLC0415
     from capfan.recordsink import FileSink  # noqa: PLC0415
 
-    sink = FileSink(spec["out"])
+    spool = spec.get("spool")
+    if spool:  # records go to the exporter through the on-disk spool
+        from capfan.agents.spool import SpoolWriter  # noqa: PLC0415
+        sink = SpoolWriter(spool["dir"], spool["host"], f"{spec['ring']}/{spec['consumer']}", spool["max_bytes"],
+                           spool["policy"])
+    else:
+        sink = FileSink(spec["out"])
     run = RunSpec(ring=spec["ring"], analyzer=spec["analyzer"], options=spec["options"], name=spec["consumer"],
                   policy=spec["policy"], group=spec["group"], member=spec["member"],
                   group_size=spec["group_size"], cpu=None, spin_us=spec["spin_us"],
@@ -150,6 +156,27 @@ def run_analyzer(spec: dict, rep: Reporter) -> int:
     return 0
 
 
+def run_exporter(spec: dict, rep: Reporter) -> int:
+    """Ship the spool to the collectors until SIGTERM."""
+    from capfan.agents.exporter import Exporter  # noqa: PLC0415
+
+    stop = _Stop()
+    exp = Exporter(spec["spool_dir"], spec["host"], spec["collectors"], spec["curve"], window=spec["window"])
+    rep.update(ready=True, state="running", stats=exp.stats())
+    next_report = [time.monotonic() + REPORT_EVERY_S]
+
+    def stopping() -> bool:
+        # called by the exporter's loop: also the moment to publish its counters
+        if time.monotonic() >= next_report[0]:
+            rep.update(stats=exp.stats())
+            next_report[0] = time.monotonic() + REPORT_EVERY_S
+        return stop.flag
+
+    exp.run(stopping)
+    rep.update(state="stopped", stats=exp.stats())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point: run the worker described by argv[1] (JSON)."""
     spec = json.loads(argv[1])
@@ -159,7 +186,8 @@ def main(argv: list[str]) -> int:
         if spec.get("cpu") is not None:
             os.sched_setaffinity(0, {spec["cpu"]})
         rep.update()
-        return (run_capture if spec["kind"] == "capture" else run_analyzer)(spec, rep)
+        run = {"capture": run_capture, "analyzer": run_analyzer, "exporter": run_exporter}[spec["kind"]]
+        return run(spec, rep)
     except errors.ConfigError as e:
         # an analyzer option the plugin rejected at start: name it as the agent's config does
         key = e.key if str(e.key).startswith(spec["key"]) else f"{spec['key']}.options.{e.key}"

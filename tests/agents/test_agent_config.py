@@ -99,10 +99,10 @@ def test_missing_config_file(tmp_path):
 
 @pytest.mark.parametrize("where,text,message", [
     ("top", 'verbose = 1\n',
-     "config key 'verbose': unknown key in the top level; known keys: agent, analyzer, capture, metrics"),
+     "config key 'verbose': unknown key in the top level; known keys: agent, analyzer, capture, export, metrics"),
     ("top", '[[captures]]\ninterface = "lo"\n',
      "config key 'captures': unknown key in the top level; did you mean 'capture'? known keys: agent, "
-     "analyzer, capture, metrics"),
+     "analyzer, capture, export, metrics"),
     ("agent", 'nmae = "x"\n',
      "config key 'agent.nmae': unknown key in [agent]; did you mean 'name'? known keys: drain_timeout, "
      "exit_when_done, name, out, restart, ring_dir, run_dir, start_timeout, status_interval, stop_timeout"),

@@ -28,10 +28,9 @@ def reference_rows():
     text = README.read_text()
     section = text[text.index("### Configuration reference"):text.index("### CPU placement")]
     out = set()
-    for m in re.finditer(r"^\| `(\[\[?[a-z.]+\]\]?) ([a-z_]+)`(?: / `([a-z_]+)`)?", section, re.M):
+    for m in re.finditer(r"^\| `(\[\[?[a-z.]+\]\]?) ([a-z_]+)`((?: / `[a-z_]+`)*) \|", section, re.M):
         out.add((m.group(1), m.group(2)))
-        if m.group(3):
-            out.add((m.group(1), m.group(3)))
+        out.update((m.group(1), k) for k in re.findall(r"`([a-z_]+)`", m.group(3)))
     return out
 
 
