@@ -255,7 +255,8 @@ def _decompress(codec: str, data: memoryview, size: int, where: str) -> bytes:
         except zstandard.ZstdError as e:
             raise WireError(f"{where}: not a zstd frame ({e})") from None
         if declared != size:
-            raise WireError(f"{where}: zstd frame says {declared} bytes (-1: unknown), header declares {size}")
+            said = "an unknown number of" if declared < 0 else declared
+            raise WireError(f"{where}: zstd frame says {said} bytes, header declares {size}")
         try:
             out = _zd.decompress(data, max_output_size=size, allow_extra_data=False)
         except zstandard.ZstdError as e:
@@ -357,7 +358,10 @@ def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Batch:
         _check_layout(fields, itemsize, where)
     except WireError as e:
         raise WireError(str(e), **who) from None
-    dtype = _dtype(fields, itemsize)
+    try:
+        dtype = _dtype(fields, itemsize)
+    except (TypeError, ValueError) as e:  # validated above; belt and braces for numpy's own rules
+        raise WireError(f"{where}: numpy refuses the layout ({e})", **who) from None
     packed = sum(t.itemsize for _, t, _ in fields)
     size = count * packed
     if size > max_bytes or len(payload) > max_bytes:

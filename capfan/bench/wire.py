@@ -103,7 +103,7 @@ def _arrow(codec: str):
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.ipc  # noqa: PLC0415,F401
 
-    opts = pa.ipc.IpcWriteOptions(compression=codec)
+    opts = pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)  # one core, like the rest
 
     def enc(a: np.ndarray) -> bytes:
         cols = []
@@ -181,7 +181,7 @@ def measure(records: int = 100_000, repeat: int = REPEAT) -> list[dict]:
         out.append(_row(f"arrow ipc + {cname}", a, enc, lambda b, dec=dec: dec(b, dt, n), repeat))
     b = wire.Batch("bench", "flows", "bench/wire", 1, a)
     for cname in wire.CODECS:
-        out.append(_row(f"capfan.wire {cname}", a, lambda x, c=cname: wire.encode(b, c),
+        out.append(_row(f"capfan.wire: blocked columns + {cname}", a, lambda x, c=cname: wire.encode(b, c),
                         lambda f: wire.decode(f).records, repeat))
     return out
 
