@@ -15,26 +15,34 @@ An ack message is three frames: `<4sHHII` = magic b"CFWA", version, 0, number of
 number of rejected seqs; the acked seqs as u64 LE; the rejected as (u64 seq, u16 length, UTF-8
 reason) each.
 
-Why blocked columns + zstd level 1 (measured with `python -m capfan.bench.wire`, 100,000
-metered flow records, 136 B each, one core of the dev VM, best of 5; µs = encode + decode):
+Why blocked columns + zstd level 1: measured with `python -m capfan.bench.wire` (100,000
+records from the C flow meter on a synthetic capture, 136 B each; one core of a 2-vCPU dev VM,
+best of 5; "µs" = encode + decode per record, decode back to a numpy array of the same dtype):
 
-    candidate                 enc rec/s  dec rec/s  µs/rec  B/rec
-    rows + lz4                  4.0 M      8.7 M    0.36    62.5
-    rows + zstd 1               3.1 M      4.7 M    0.54    43.6
-    columns + zstd 1            2.5 M      4.0 M    0.65    37.2
-    byte planes + zstd 1        1.6 M      6.8 M    0.78    37.8
-    arrow ipc + zstd            3.9 M      4.7 M    0.47    37.2
-    blocked columns + lz4       4.4 M      7.9 M    0.35    58
-    blocked columns + zstd 1    3.3 M      5.8 M    0.47    33
+    candidate                   enc MB/s  enc rec/s  dec rec/s   µs   B/rec
+    rows + none (raw)             14,698   108 M      19.5 M   0.061  136.0
+    rows + lz4                       570   4.19 M     8.84 M   0.352   62.5
+    rows + zstd 1                    443   3.26 M     4.82 M   0.514   43.6
+    rows + zstd 3                    267   1.97 M     4.59 M   0.726   41.2
+    columns + lz4                    440   3.24 M     5.12 M   0.504   57.8
+    columns + zstd 1                 332   2.44 M     3.91 M   0.666   37.2
+    columns + zstd 3                 269   1.98 M     3.95 M   0.758   32.4
+    byte planes + lz4                232   1.70 M     8.93 M   0.699   52.7
+    byte planes + zstd 1             212   1.56 M     5.94 M   0.809   37.8
+    arrow ipc + lz4 (1 thread)       448   3.30 M     4.94 M   0.506   57.8
+    arrow ipc + zstd (1 thread)      336   2.47 M     3.59 M   0.684   37.2
+    blocked columns + zstd 1  <--    431   3.17 M     5.91 M   0.485   33.6
+    blocked columns + lz4            591   4.34 M     8.85 M   0.343   58.3
 
-Whole-array columns compress better than rows but the 26 strided column copies over 13.6 MB
-cost ~120 ns/record each way (cache misses); doing the same per block of 8192 records keeps
-the block in cache (~35 ns to lay out, ~55 to put back) and compresses as well or better
-(timestamps, counters and address prefixes line up). zstd 1 sends ~4x fewer bytes than raw
-(33 B/record: 33 MB/s at 1 M records/s) for ~0.3 µs on the agent and ~0.17 µs on the
-collector, inside the 1 µs/record pipeline budget; lz4 is ~0.1 µs cheaper but sends 75% more
-bytes, so it is offered as a codec, not the default. Arrow IPC matched columns + zstd on size
-without beating it on time and would add pyarrow to every agent.
+Whole-array columns compress better than rows, but 26 strided field copies over 13.6 MB cost
+~120 ns/record each way in cache misses (byte planes, one big transpose, are worse). Laying
+out BLOCK = 8192 records at a time keeps the block in cache (~35 ns out, ~55 ns back) and
+compresses as well (timestamps, counters and address prefixes line up). zstd 1 then sends
+~4x fewer bytes than raw (34 B/record: 34 MB/s at 1 M records/s) for ~0.32 µs on the agent and
+~0.17 µs on the collector, inside the 1 µs/record pipeline budget; rows + zstd cost the same
+and send 30% more. lz4 is ~0.14 µs cheaper but sends 75% more bytes, so it is a codec for
+agents short of CPU, not the default. Arrow IPC is no smaller and slower, and would put
+pyarrow on every agent.
 """
 from __future__ import annotations
 

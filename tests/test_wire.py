@@ -1,6 +1,7 @@
 """capfan.wire: batches and acks round-trip; anything malformed raises WireError only."""
 import json
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -152,8 +153,14 @@ def test_zip_bomb_cannot_expand_beyond_the_declared_size(codec):
     bomb = W.encode(W.Batch("h", "s", "", 1, big), codec)[1]
     assert len(bomb) < 64 << 10
     head = W.encode(W.Batch("h", "s", "", 1, small), codec)[0]
-    with pytest.raises(WireError, match="frame 1"):
-        W.decode([head, bomb], max_bytes=1 << 12)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="frame 1"):
+            W.decode([head, bomb], max_bytes=1 << 12)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"decoding a 128-byte batch allocated {peak:,} bytes"
     # a header declaring the real size is refused as oversized before any decompression
     with pytest.raises(WireError, match="exceed") as e:
         W.decode(W.encode(W.Batch("h", "s", "", 1, big), codec), max_bytes=1 << 12)

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 
-from capfan.records import FLOW_DTYPE
 
 REPEAT = 5
 
@@ -175,7 +174,7 @@ def measure(records: int = 100_000, repeat: int = REPEAT) -> list[dict]:
             c, d = codecs[cname]
             size = dt.itemsize * n
             out.append(_row(f"{lname} + {cname}", a, lambda x, c=c, lay=lay: c(lay(x)),
-                            lambda b, d=d, unlay=unlay: unlay(d(b, size), dt, n), repeat))
+                            lambda b, d=d, unlay=unlay, size=size: unlay(d(b, size), dt, n), repeat))
     for cname in ("lz4", "zstd"):
         enc, dec = _arrow(cname)
         out.append(_row(f"arrow ipc + {cname}", a, enc, lambda b, dec=dec: dec(b, dt, n), repeat))
