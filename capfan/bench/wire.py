@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 
-
 REPEAT = 5
 
 
