@@ -60,3 +60,16 @@ class CapturePermissionError(SourceError):
 
 class RecorderError(CapfanError):
     """The recorder could not create, write or rename a capture file."""
+
+
+class WireError(CapfanError):
+    """A wire message is malformed, oversized or of an unsupported version; the message says
+    what and where. `kind` is "malformed", "oversized" or "version" (what a collector counts);
+    `host` and `seq` are set when the header was readable far enough to know them, so the
+    sender can be told which batch was refused."""
+
+    def __init__(self, message, kind: str = "malformed", host: str | None = None, seq: int | None = None):
+        self.kind = kind
+        self.host = host
+        self.seq = seq
+        super().__init__(message)
