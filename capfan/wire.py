@@ -25,7 +25,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 class WireError(CapfanError):
     """STAND-IN (the real one lives in capfan/errors.py): malformed/oversized/unsupported message."""
 
-    def __init__(self, message, kind="malformed", seq=None):
+    def __init__(self, message, kind=None, seq=None):
         super().__init__(message)
         self.kind = kind
         self.seq = seq
