@@ -6,6 +6,8 @@ import threading
 
 import click
 
+from capfan.errors import CapfanError
+
 DEFAULT_CONFIG = "/etc/capfan/collector.toml"
 
 
@@ -19,21 +21,22 @@ def collect(config_path, check):
     Runs until SIGTERM or Ctrl-C; a status line goes to stderr every [collector] status_interval
     seconds.
     """
-    from capfan.collector import config as ccfg  # noqa: PLC0415 - keeps `capfan -h` light
+    from capfan.collector import config as ccfg
     cfg = ccfg.load(config_path)
     if check:
         click.echo(check_report(cfg))
         return
-    from capfan.collector.service import Collector  # noqa: PLC0415
+    from capfan.collector.service import Collector
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     col = Collector(cfg)
     try:
         col.start()
-    except OSError as e:
-        from capfan.errors import CapfanError  # noqa: PLC0415
-        raise CapfanError(str(e)) from None
+    except CapfanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. the store's own error types: one line, not a traceback
+        raise CapfanError(f"cannot start the collector: {e}") from None
     for line in col.banner():
         click.echo(line, err=True)
     col.run(stop)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,14 +31,14 @@ class FlowsClient:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         url = f"{self.base}{path}" + (f"?{query}" if query else "")
         try:
-            return urllib.request.urlopen(url, timeout=self.timeout)  # noqa: S310 - the user's own API URL
+            return urllib.request.urlopen(url, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             try:
                 msg = json.loads(e.read()).get("error") or e.reason
             except (ValueError, AttributeError, OSError):
                 msg = e.reason
             raise CapfanError(f"collector API: {msg} (HTTP {e.code})") from None
-        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError) as e:
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise CapfanError(f"the collector is not reachable at {self.base} ({_reason(reason)}); is `capfan "
                               f"collect` running with [api] enabled? (--api URL or $CAPFAN_API)") from None
@@ -82,7 +81,7 @@ def api_base(api: str | None, config: str | None) -> str:
     if api:
         return api if "://" in api else f"http://{api}"
     if config:
-        from capfan.collector import config as ccfg  # noqa: PLC0415 - only with -c
+        from capfan.collector import config as ccfg
         data = ccfg.C.load_file(config)
         api_table = ccfg.C.validate({"api": data.get("api", {})}, {"api": ccfg.SCHEMA["api"]})["api"]
         if not api_table["enabled"]:
@@ -138,6 +137,9 @@ def top(client, by, group, limit, as_json, **kw):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    if not data["rows"]:
+        click.echo("no flows match (check --start/--end and the filters)")
+        return
     title = f"top {len(data['rows'])} by {data['by']}, grouped by {', '.join(data['group'])}"
     _print_table(data["rows"], data["group"] + [c for c in _COUNTS if any(c in r for r in data["rows"])], title)
 
@@ -153,6 +155,9 @@ def query(client, limit, as_json, **kw):
         click.echo(json.dumps(data, indent=2))
         return
     rows = data["flows"]
+    if not rows:
+        click.echo("no flows match (check --start/--end and the filters)")
+        return
     columns = list(dict.fromkeys(k for r in rows for k in r))
     _print_table(rows, columns, f"{len(rows)} flow(s)" + (" (limit reached)" if len(rows) >= limit else ""))
 
@@ -179,7 +184,7 @@ def _cell(name: str, value) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, int) and (name.endswith("_ns") or name in ("start", "end")) and value > 10**17:
-        t = dt.datetime.fromtimestamp(value / 1e9, dt.timezone.utc)
+        t = dt.datetime.fromtimestamp(value / 1e9, dt.UTC)
         return t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     return str(value)
 

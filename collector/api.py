@@ -61,7 +61,7 @@ def parse_time(text: str, name: str = "time", now_ns: int | None = None) -> int:
         raise BadParameter(name, f"{text!r} is not a time: give ns since the epoch, ISO-8601 like "
                                  "2024-05-01T12:00:00Z, 'now' or relative like -15m, -2h, -1d") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
@@ -181,7 +181,7 @@ class Api:
             self._server = server_cls(self._addr, Handler)
         except OSError as e:
             raise OSError(f"cannot serve the API on {self._addr[0]}:{self._addr[1]}: {e.strerror or e}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="capfan-api", daemon=True)
         self._thread.start()
         return self.url
@@ -258,7 +258,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "capfan-collector"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - no per-request logging (stderr is the status line)
+    def log_message(self, format, *args):
         pass
 
     def _send(self, status: int, body: dict) -> None:
@@ -269,7 +269,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         try:
@@ -287,17 +287,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(400, {"error": str(e)})
         except (BrokenPipeError, ConnectionResetError):
             pass
-        except Exception:  # noqa: BLE001 - logged here, never sent to the client
+        except Exception:
             log.exception("API request %s failed", self.path)
             try:
                 self._send(500, {"error": "internal error; see the collector's log"})
             except OSError:
                 pass
 
-    def do_HEAD(self):  # noqa: N802
+    def do_HEAD(self):
         self._send(405, {"error": "use GET"})
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._send(405, {"error": "the API is read-only: use GET"})
 
     def _export(self, q: Query) -> None:

@@ -120,7 +120,7 @@ def resolve(data: dict, base: str = ".") -> dict:
 
 
 def _load_curve(sec: dict, base: str) -> None:
-    from capfan import keys  # noqa: PLC0415 - only curve mode needs key files
+    from capfan import keys
     rel = C.path_relative_to(base)
     if sec["server_key"] is None:
         raise ConfigError("security.server_key", "curve mode needs this collector's secret key file: make one "

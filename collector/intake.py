@@ -141,7 +141,7 @@ class Intake:
     def _run(self) -> None:
         try:
             router, zap, monitor = self._bind()
-        except BaseException as e:  # handed to start()
+        except Exception as e:  # noqa: BLE001 - handed to start(), which raises it
             self._error = e
             self._ready.set()
             return

@@ -55,8 +55,8 @@ class Collector:
     def banner(self) -> list[str]:
         """Lines saying where it listens and with which key."""
         sec = self.cfg["security"]
-        lines = [f"capfan collect {self.cfg['collector']['name']}: intake on {self.intake.endpoint} "
-                 f"({sec['mode']}), store {self.cfg['collector']['store']}"]
+        lines = [(f"capfan collect {self.cfg['collector']['name']}: intake on {self.intake.endpoint} "
+                  f"({sec['mode']}), store {self.cfg['collector']['store']}")]
         if sec["mode"] == "curve":
             lines.append(f"  server public key (agents' collector key): {sec['public_key']}")
             lines.append(f"  authorized agent keys: {len(sec['authorized'])}")

@@ -131,8 +131,8 @@ class Store:
                 w.writeheader()
                 w.writerows(rows)
         elif fmt == "parquet":
-            import pyarrow as pa  # noqa: PLC0415
-            import pyarrow.parquet as pq  # noqa: PLC0415
+            import pyarrow as pa
+            import pyarrow.parquet as pq
             pq.write_table(pa.table({c: [r[c] for r in rows] for c in cols}), path)
         else:
             raise ValueError(f"unknown export format {fmt!r}")

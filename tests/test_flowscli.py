@@ -103,3 +103,8 @@ def test_collect_check(tmp_path, collector_config):
 def test_collect_help():
     r = run("collect", "--help")
     assert r.exit_code == 0 and "--check" in r.output
+
+
+def test_no_match_says_so(url):
+    r = run("flows", "--api", url, "top", "--src", "192.0.2.1")
+    assert r.exit_code == 0 and "no flows match" in r.output

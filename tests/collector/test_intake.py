@@ -215,7 +215,7 @@ def keys(tmp_path):
     d.mkdir()
     out = {}
     for name in ("collector", "agent", "stranger"):
-        pub_file, sec_file = zmq.auth.create_certificates(str(d), name)
+        _, sec_file = zmq.auth.create_certificates(str(d), name)
         out[name] = zmq.auth.load_certificate(sec_file)
     return out
 
