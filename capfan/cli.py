@@ -36,6 +36,8 @@ def _register():
     from capfan.analyzecli import analyze
     from capfan.statuscli import status, top
     from capfan.agentcli import agent
+    from capfan.collectcli import collect
+    from capfan.flowscli import flows
 
     main.add_command(ring)
     main.add_command(bench)
@@ -45,6 +47,8 @@ def _register():
     main.add_command(agent)
     main.add_command(status)
     main.add_command(top)
+    main.add_command(collect)
+    main.add_command(flows)
 
 
 _register()

@@ -1,0 +1,86 @@
+"""The `capfan collect` process: open the store, start the intake and the API, print a status
+line now and then, and on stop close them in the order that keeps every acked batch stored."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from . import api as api_mod
+from . import intake as intake_mod
+from . import store as store_mod
+
+
+class Collector:
+    """Store + intake + API of one checked config (collector.config.load)."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.store = None
+        self.intake = None
+        self.api = None
+        self.started_ns = 0
+
+    def start(self) -> None:
+        """Open the store, bind the intake, then serve the API; on failure whatever started is closed."""
+        col, sec, api = self.cfg["collector"], self.cfg["security"], self.cfg["api"]
+        try:
+            self.store = store_mod.Store(col["store"], merge_window_s=col["merge_window"])
+            self.intake = intake_mod.Intake(self.store, col["listen"], mode=sec["mode"],
+                                            secret_key=sec["secret_key"], authorized=sec["authorized"],
+                                            max_message_bytes=col["max_message_bytes"])
+            self.intake.start()
+            if api["enabled"]:
+                self.api = api_mod.Api(self.store, api["listen"], intake=self.intake,
+                                       info={"collector": col["name"], "listen": self.intake.endpoint,
+                                             "security": sec["mode"], "public_key": sec["public_key"]})
+                self.api.start()
+        except BaseException:
+            self.stop()
+            raise
+        self.started_ns = time.time_ns()
+
+    def stop(self) -> None:
+        """Stop the intake first (the batch in hand is stored and acked), then the API, then close the store."""
+        if self.intake is not None:
+            self.intake.stop()
+            self.intake = None
+        if self.api is not None and self.api._server is not None:
+            self.api.stop()
+        self.api = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def banner(self) -> list[str]:
+        """Lines saying where it listens and with which key."""
+        sec = self.cfg["security"]
+        lines = [(f"capfan collect {self.cfg['collector']['name']}: intake on {self.intake.endpoint} "
+                  f"({sec['mode']}), store {self.cfg['collector']['store']}")]
+        if sec["mode"] == "curve":
+            lines.append(f"  server public key (agents' collector key): {sec['public_key']}")
+            lines.append(f"  authorized agent keys: {len(sec['authorized'])}")
+        else:
+            lines.append("  security = plain: anyone who can connect may send flows, unencrypted")
+        lines.append(f"  API on {self.api.url}" if self.api else "  API disabled")
+        return lines
+
+    def status_line(self) -> str:
+        """One line of intake counters for stderr."""
+        c = self.intake.counters()
+        return (f"capfan collect: recv {c['received']} stored {c['stored']} ({c['records_stored']} records) "
+                f"dup {c['duplicates']} rejected malformed/oversized/version "
+                f"{c['rejected_malformed']}/{c['rejected_oversized']}/{c['rejected_version']} "
+                f"denied {c['denied_unauthenticated']} store_errors {c['store_errors']} hosts {len(c['hosts'])}")
+
+    def run(self, stop: threading.Event, out=None) -> None:
+        """Serve until `stop` is set, a status line every [collector] status_interval seconds; then stop()."""
+        out = out or sys.stderr
+        interval = self.cfg["collector"]["status_interval"]
+        try:
+            while not stop.wait(interval or None):
+                print(self.status_line(), file=out, flush=True)
+        finally:
+            if self.intake is not None:
+                print(self.status_line(), file=out, flush=True)
+            self.stop()
