@@ -34,17 +34,10 @@ COUNTERS = ("received", "stored", "duplicates", "rejected_malformed", "rejected_
             "handshake_failures")
 
 
-def error_kind(err: Exception, size: int, max_bytes: int) -> str:
+def error_kind(err: Exception) -> str:
     """'oversized', 'version' or 'malformed': which counter a WireError goes to."""
-    kind = getattr(err, "kind", None) or getattr(err, "reason", None)
-    if kind in ("oversized", "version", "malformed"):
-        return kind
-    text = str(err).lower()
-    if size > max_bytes or "oversized" in text or "too large" in text or "larger than" in text or "exceed" in text:
-        return "oversized"
-    if "version" in text:
-        return "version"
-    return "malformed"
+    kind = getattr(err, "kind", "malformed")
+    return kind if kind in ("oversized", "version", "malformed") else "malformed"
 
 
 class Intake:
@@ -190,7 +183,7 @@ class Intake:
         try:
             batch = wire.decode(payload, self.max_bytes)
         except wire.WireError as e:
-            kind = error_kind(e, size, self.max_bytes)
+            kind = error_kind(e)
             self._add(f"rejected_{kind}")
             seq = getattr(e, "seq", None)
             host = getattr(e, "host", None)
