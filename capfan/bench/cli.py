@@ -495,3 +495,43 @@ def _spin_progress(i: int, total: int, r) -> None:
     if len(r.contention_attempts) > 1:
         what += f"; attempt {r.attempt}, the least contended of {len(r.contention_attempts)}"
     click.echo(f"[{i}/{total}] {rate_label(r.rate)} spin_us={r.spin_us}: {what} ({r.wall_s:.1f} s)", err=True)
+
+
+@bench.command("collect")
+@click.option("--records", default=2_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Flow records sent on the capfan path.")
+@click.option("--json-records", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Flow records sent on the JSON baseline (it is much slower).")
+@click.option("--batch", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Records per batch (one message, one store commit, one acknowledgement).")
+@click.option("--window", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Batches in flight before waiting for acknowledgements.")
+@click.option("--quick", is_flag=True, help="200,000 and 20,000 records (what the test runs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also save the numbers to this file.")
+def collect_cmd(records, json_records, batch, window, quick, json_path):
+    """Flow records/s end to end (encode -> ZeroMQ -> capfan collect -> store, acked) vs JSON."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from capfan.bench import collect as B  # noqa: PLC0415
+
+    if quick:
+        records, json_records = 200_000, 20_000
+    t0 = time.monotonic()
+    m = B.measure(records, json_records, batch, window,
+                  progress=lambda name, n: click.echo(f"  {name}: {n:,} records ...", err=True))
+    console = Console() if sys.stdout.isatty() else Console(width=170)
+    console.print(f"capfan bench collect: {os.cpu_count()} CPUs, one collector process, store on "
+                  f"{tempfile_dir()}; {time.monotonic() - t0:.0f} s")
+    ok = B.render(console, m)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"batch": batch, "window": window, "ok": ok,
+                       "results": [dict(vars(r), rps=r.rps) for r in m["results"]]}, f, indent=1)
+
+
+def tempfile_dir() -> str:
+    """Where the bench's stores live (the system temporary directory)."""
+    import tempfile  # noqa: PLC0415
+
+    return tempfile.gettempdir()
