@@ -113,17 +113,15 @@ WITH o AS (
     SELECT vlan, proto, a, ap, b, bp, cid, host,
            sum(p_ab) AS p_ab, sum(p_ba) AS p_ba, sum(b_ab) AS b_ab, sum(b_ba) AS b_ba,
            min(start_ns) AS start_ns, max(end_ns) AS end_ns, count(*) AS n,
-           arg_min(fwd, (start_ns, end_ns, seq)) AS first_fwd,
-           min((start_ns, end_ns, seq)) AS first_at,
-           list(DISTINCT host || ':' || source) AS sources
+           -- the flow's first observation is the one that opened the cluster (brk = 1)
+           bool_or(fwd) FILTER (WHERE brk = 1) AS first_fwd{ph_sources}
     FROM cl GROUP BY vlan, proto, a, ap, b, bp, cid, host
 ), m AS (
     SELECT vlan, proto, a, ap, b, bp,
            max(p_ab) AS p_ab, max(p_ba) AS p_ba, max(b_ab) AS b_ab, max(b_ba) AS b_ba,
            min(start_ns) AS start_ns, max(end_ns) AS end_ns, sum(n) AS n_observations,
-           list(host ORDER BY host) AS observers,
-           list_sort(flatten(list(sources))) AS sources,
-           arg_min(first_fwd, (first_at, host)) AS fwd
+           list(host ORDER BY host) AS observers{m_sources},
+           bool_or(first_fwd) AS fwd
     FROM per_host GROUP BY vlan, proto, a, ap, b, bp, cid
 ), flows AS (
     SELECT CASE WHEN fwd THEN a ELSE b END AS src, CASE WHEN fwd THEN b ELSE a END AS dst,
@@ -133,7 +131,7 @@ WITH o AS (
            CASE WHEN fwd THEN p_ba ELSE p_ab END AS reverse_packets,
            CASE WHEN fwd THEN b_ab ELSE b_ba END AS bytes,
            CASE WHEN fwd THEN b_ba ELSE b_ab END AS reverse_bytes,
-           start_ns, end_ns, observers, sources, n_observations
+           start_ns, end_ns, observers{f_sources}, n_observations
     FROM m
 )
 """
@@ -361,8 +359,9 @@ class Store:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def _merged(self, where, start_ns, end_ns) -> tuple[str, list, str, list]:
-        """(WITH ... flows, its params, predicate on flows, its params) for a filtered merge."""
+    def _merged(self, where, start_ns, end_ns, sources=True) -> tuple[str, list, str, list]:
+        """(WITH ... flows, its params, predicate on flows, its params) for a filtered merge;
+        sources: also list each flow's "host:source" observers (costs a string aggregation)."""
         obs_where, obs_params = _build_filter(where, obs_side=True)
         params = {"win": self.merge_window_ns}
         range_join = ""
@@ -373,7 +372,10 @@ class Store:
             range_join = ("JOIN (SELECT DISTINCT vlan, proto, a, ap, b, bp FROM k "
                           f"WHERE end_ns >= {lo} AND start_ns < {hi}) r USING (vlan, proto, a, ap, b, bp)")
             flow_pred += f" AND end_ns >= {lo} AND start_ns < {hi}"
-        sql = MERGE_SQL.format(obs_where=obs_where, range_join=range_join)
+        lists = {"ph_sources": ",\n           list(DISTINCT host || ':' || source) AS sources",
+                 "m_sources": ",\n           list_sort(flatten(list(sources))) AS sources",
+                 "f_sources": ", sources"} if sources else {"ph_sources": "", "m_sources": "", "f_sources": ""}
+        sql = MERGE_SQL.format(obs_where=obs_where, range_join=range_join, **lists)
         # DuckDB does not mix $name and ? parameters: inline the merge window (an int we made)
         sql = sql.replace("$win", f"{params['win']}::UBIGINT")
         return sql, obs_params, flow_pred, flow_params
@@ -404,7 +406,7 @@ class Store:
         bad = [g for g in group if g not in GROUP_KEYS]
         if bad:
             raise StoreError(f"unknown group key {bad[0]!r}; use any of {', '.join(GROUP_KEYS)}")
-        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns)
+        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns, sources="source" in group)
         # a flow seen by several observers (sources) counts under each of them
         if "source" in group:
             base = "(SELECT *, unnest(sources) AS hs FROM flows WHERE {pred}) f"
@@ -438,7 +440,7 @@ class Store:
 
     def totals(self, start_ns=None, end_ns=None, where=None) -> dict:
         """Merged flows, packets and bytes (both directions) matching a filter and time range."""
-        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns)
+        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns, sources=False)
         f, p, b = self._cur().execute(
             sql + "SELECT count(*), coalesce(sum(packets + reverse_packets), 0), "
             f"coalesce(sum(bytes + reverse_bytes), 0) FROM flows WHERE {pred}", p1 + p2).fetchone()

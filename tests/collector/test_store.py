@@ -387,7 +387,7 @@ def reference_merge(observations, window_ns):
         by_key.setdefault((o["vlan"], o["proto"], a, b), []).append((o, fwd))
     flows = []
     for key, obs in by_key.items():
-        obs.sort(key=lambda x: (x[0]["start"], x[0]["end"], x[0]["seq"], x[0]["host"]))
+        obs.sort(key=lambda x: (x[0]["start"], x[0]["end"], x[0]["host"], x[0]["seq"]))
         clusters, max_end = [], None
         for o, fwd in obs:
             if max_end is None or o["start"] > max_end + window_ns:
@@ -402,7 +402,7 @@ def reference_merge(observations, window_ns):
                 ba = (o["rp"], o["rb"]) if fwd else (o["p"], o["b"])
                 c[0] += ab[0]; c[1] += ba[0]; c[2] += ab[1]; c[3] += ba[1]
             p_ab, p_ba, b_ab, b_ba = (max(c[i] for c in per_host.values()) for i in range(4))
-            first_fwd = cl[0][1]  # cl is in (start, end, seq, host) order
+            first_fwd = cl[0][1]  # cl is in (start, end, host, seq) order
             (aa, ap), (ba_, bp) = key[2], key[3]
             if not first_fwd:
                 (aa, ap), (ba_, bp), p_ab, p_ba, b_ab, b_ba = (ba_, bp), (aa, ap), p_ba, p_ab, b_ba, b_ab
