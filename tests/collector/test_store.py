@@ -17,10 +17,11 @@ import pytest
 
 from capfan.records import empty, pack_address
 
-try:
-    from capfan.collector.store import Store, StoreError
-except ImportError:  # a worktree whose installed capfan.collector points at another checkout
-    from collector.store import Store, StoreError
+# the tree's own collector/ (pytest puts the repository root on sys.path): an editable install may
+# map capfan.collector to another checkout
+from collector.store import Store, StoreError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 S = 1_000_000_000  # ns per second
 T0 = 1_700_000_000 * S
@@ -103,10 +104,7 @@ def test_flows_stream_needs_flow_records(db):
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    try:
-        from capfan.collector.store import Store
-    except ImportError:
-        from collector.store import Store
+    from collector.store import Store
     from capfan.records import empty, pack_address
     s = Store(sys.argv[1])
     n = int(sys.argv[2])
@@ -127,7 +125,7 @@ CHILD = textwrap.dedent("""
 def test_kill9_keeps_every_acked_batch_whole(tmp_path):
     path = str(tmp_path / "crash.duckdb")
     n = 3000
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
     proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(n)], stdout=subprocess.PIPE,
                             text=True, env=env)
     acked = []
