@@ -56,7 +56,6 @@ import numpy as np
 import pyarrow as pa
 
 from capfan.errors import CapfanError
-from capfan.records import pack_address
 
 FLOWS = "flows"
 HEALTH = "health"
@@ -238,7 +237,7 @@ def _json_value(v):
     if isinstance(v, bytes):
         # fixed-size text fields (S) come NUL-padded; opaque (V) fields as hex
         return v.rstrip(b"\0").decode("utf-8", "replace")
-    if isinstance(v, np.void) or isinstance(v, memoryview):
+    if isinstance(v, (np.void, memoryview)):
         return bytes(v).hex()
     if isinstance(v, float) and not np.isfinite(v):
         return None

@@ -304,7 +304,7 @@ def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 
             stop = threading.Event()
             written = [0]
 
-            def writer():
+            def writer(eng=eng, stop=stop, written=written):
                 i = batches
                 while not stop.is_set():
                     eng.ingest(HOSTS[i % 3], i + 1, data[i % batches])
