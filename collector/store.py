@@ -1,144 +1,506 @@
-"""STAND-IN, replaced at merge: a small sqlite Store with exactly the contract API (issue 6), so
-intake and API can be built and tested before the real embedded store lands. No cross-host
-merge: each observation is its own flow; (host, seq) dedup and commit-before-return are real."""
+"""The collector's embedded store: record batches from many agents in one DuckDB file, with the
+cross-host flow merge done in SQL at query time.
+
+Why DuckDB (measured with ``python -m capfan.bench.store``; numbers in that module's docstring:
+402k vs 328k records/s durable ingest in 10k-record batches, top-10 with the merge over 1M
+observations while ingesting 3.9 s vs 33 s, both lose nothing on kill -9):
+columnar storage and a vectorised, parallel group-by make the query-time merge and top-N fast,
+a batch goes in as one Arrow table (no per-row Python), and CSV/Parquet export is a native
+``COPY``. Each ``ingest`` is one transaction: DuckDB appends the commit to its write-ahead log
+and fsyncs it before ``COMMIT`` returns, so an acked batch survives a crash of the collector
+(kill -9) and of the machine; a batch interrupted mid-ingest is rolled back whole on reopen.
+
+Tables: ``batches(host, seq)`` (primary key: the dedup of resent batches, checked and inserted in
+the batch's own transaction), ``obs`` (flow observations exactly as the sensors sent them,
+addresses as 16-byte blobs), ``records`` (other streams, one JSON text per record), ``hosts``
+(duplicate counters).
+
+Merge rule (see ``MERGE_SQL``): the canonical key of an observation is (vlan, proto, A, B) where
+A < B are its two endpoints (address bytes, then port); its counts are re-oriented to A->B and
+B->A. Observations of one key, in start order, form one flow until one starts more than
+``merge_window_s`` after the latest end so far (a new session of the same 5-tuple). Within a flow,
+each host's observations are summed (active-timeout slices of one sensor); across hosts each
+direction takes the max (the same packets seen by several sensors count once; a->b from one
+sensor and b->a from another are stitched). start = min, end = max, observers = sorted distinct
+hosts, and the flow is oriented like its earliest observation (order: start, end, host, seq; that
+observation's source is the initiator, ``src``).
+
+Time ranges select whole merged flows that overlap [start_ns, end_ns) (no pro-rating); ``where``
+keys: src, dst, addr (either side), sport, dport, port (either side), proto, vlan, host (an
+observer); values are scalars or lists, addresses may be CIDR networks. ``top`` groups by src,
+dst, sport, dport, proto, vlan, host, source, pair (the two addresses, sorted) and returns the
+group keys plus bytes, packets (both directions) and flows; a flow with several observers counts
+under each when grouped by host or source.
+
+Merged flow rows (``flows()``): src, dst (text addresses), sport, dport, proto, vlan,
+packets / bytes (src -> dst), reverse_packets / reverse_bytes (dst -> src), bytes are frame bytes
+on the wire (layer2OctetDeltaCount), start_ns, end_ns, observers (sorted host ids), sources
+(sorted "host:source"), n_observations. ``export`` writes the same columns (CSV: observers and
+sources space-separated; Parquet: lists).
+
+Concurrency: one process owns the file read-write (the collector); its query threads read
+through their own cursors while the intake thread writes (MVCC snapshots, no blocking). Another
+process may open the file ``read_only`` only while no writer has it open (DuckDB's file lock).
+"""
 from __future__ import annotations
 
-import csv
+import ipaddress
 import json
-import sqlite3
+import os
 import threading
 import time
+from functools import lru_cache
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 
-from capfan import records as R
+from capfan.errors import CapfanError
 
-_COLS = {"src": "src", "dst": "dst", "sport": "sport", "dport": "dport", "proto": "proto", "vlan": "vlan",
-         "host": "host"}
-_BY = {"bytes": "SUM(bytes + rbytes)", "packets": "SUM(packets + rpackets)", "flows": "COUNT(*)"}
+FLOWS = "flows"
+HEALTH = "health"
+
+# obs column <- FLOW_DTYPE field
+_FLOW_COLUMNS = [
+    ("start_ns", "flowStartNanoseconds", "UBIGINT"),
+    ("end_ns", "flowEndNanoseconds", "UBIGINT"),
+    ("src", "sourceIPAddress", "BLOB"),
+    ("dst", "destinationIPAddress", "BLOB"),
+    ("sport", "sourceTransportPort", "USMALLINT"),
+    ("dport", "destinationTransportPort", "USMALLINT"),
+    ("vlan", "vlanId", "USMALLINT"),
+    ("proto", "protocolIdentifier", "UTINYINT"),
+    ("packets", "packetDeltaCount", "UBIGINT"),
+    ("rpackets", "reversePacketDeltaCount", "UBIGINT"),
+    ("bytes", "layer2OctetDeltaCount", "UBIGINT"),
+    ("rbytes", "reverseLayer2OctetDeltaCount", "UBIGINT"),
+]
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS batches(host VARCHAR NOT NULL, seq UBIGINT NOT NULL,
+        stream VARCHAR NOT NULL, source VARCHAR NOT NULL, n UBIGINT NOT NULL,
+        received_ns UBIGINT NOT NULL, PRIMARY KEY (host, seq))""",
+    "CREATE TABLE IF NOT EXISTS hosts(host VARCHAR PRIMARY KEY, duplicates UBIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS obs(host VARCHAR NOT NULL, seq UBIGINT NOT NULL, source VARCHAR NOT NULL, "
+    + ", ".join(f"{c} {t} NOT NULL" for c, _, t in _FLOW_COLUMNS) + ")",
+    """CREATE TABLE IF NOT EXISTS records(host VARCHAR NOT NULL, seq UBIGINT NOT NULL,
+        stream VARCHAR NOT NULL, source VARCHAR NOT NULL, idx UBIGINT NOT NULL, data VARCHAR NOT NULL)""",
+]
+
+# {obs_where}: orientation-independent predicates on observations (a key either matches them in
+# all its observations or in none, so the merge of a selected key is never partial);
+# {range_join}: restricts to keys with an observation in the time range; the whole history of such
+# a key is merged so a flow is never cut at the range's edge. Parameter $win: merge window in ns.
+MERGE_SQL = """
+WITH o AS (
+    SELECT host, seq, source, start_ns, end_ns, src, dst, sport, dport, vlan, proto,
+           packets, rpackets, bytes, rbytes,
+           (src < dst OR (src = dst AND sport <= dport)) AS fwd
+    FROM obs WHERE {obs_where}
+), k AS (
+    SELECT host, seq, source, start_ns, end_ns, vlan, proto, fwd,
+           CASE WHEN fwd THEN src ELSE dst END AS a, CASE WHEN fwd THEN sport ELSE dport END AS ap,
+           CASE WHEN fwd THEN dst ELSE src END AS b, CASE WHEN fwd THEN dport ELSE sport END AS bp,
+           CASE WHEN fwd THEN packets ELSE rpackets END AS p_ab,
+           CASE WHEN fwd THEN rpackets ELSE packets END AS p_ba,
+           CASE WHEN fwd THEN bytes ELSE rbytes END AS b_ab,
+           CASE WHEN fwd THEN rbytes ELSE bytes END AS b_ba
+    FROM o
+), kr AS (
+    SELECT k.* FROM k {range_join}
+), c AS (
+    SELECT *, CASE WHEN start_ns <= max(end_ns) OVER (
+                  PARTITION BY vlan, proto, a, ap, b, bp ORDER BY start_ns, end_ns, host, seq
+                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + $win
+              THEN 0 ELSE 1 END AS brk
+    FROM kr
+), cl AS (
+    SELECT *, sum(brk) OVER (PARTITION BY vlan, proto, a, ap, b, bp ORDER BY start_ns, end_ns, host, seq
+                             ROWS UNBOUNDED PRECEDING) AS cid
+    FROM c
+), per_host AS (
+    SELECT vlan, proto, a, ap, b, bp, cid, host,
+           sum(p_ab) AS p_ab, sum(p_ba) AS p_ba, sum(b_ab) AS b_ab, sum(b_ba) AS b_ba,
+           min(start_ns) AS start_ns, max(end_ns) AS end_ns, count(*) AS n,
+           -- the flow's first observation is the one that opened the cluster (brk = 1)
+           bool_or(fwd) FILTER (WHERE brk = 1) AS first_fwd{ph_sources}
+    FROM cl GROUP BY vlan, proto, a, ap, b, bp, cid, host
+), m AS (
+    SELECT vlan, proto, a, ap, b, bp,
+           max(p_ab) AS p_ab, max(p_ba) AS p_ba, max(b_ab) AS b_ab, max(b_ba) AS b_ba,
+           min(start_ns) AS start_ns, max(end_ns) AS end_ns, sum(n) AS n_observations,
+           list(host ORDER BY host) AS observers{m_sources},
+           bool_or(first_fwd) AS fwd
+    FROM per_host GROUP BY vlan, proto, a, ap, b, bp, cid
+), flows AS (
+    SELECT CASE WHEN fwd THEN a ELSE b END AS src, CASE WHEN fwd THEN b ELSE a END AS dst,
+           CASE WHEN fwd THEN ap ELSE bp END AS sport, CASE WHEN fwd THEN bp ELSE ap END AS dport,
+           proto, vlan,
+           CASE WHEN fwd THEN p_ab ELSE p_ba END AS packets,
+           CASE WHEN fwd THEN p_ba ELSE p_ab END AS reverse_packets,
+           CASE WHEN fwd THEN b_ab ELSE b_ba END AS bytes,
+           CASE WHEN fwd THEN b_ba ELSE b_ab END AS reverse_bytes,
+           start_ns, end_ns, observers{f_sources}, n_observations
+    FROM m
+)
+"""
+
+FLOW_ROW = ["src", "dst", "sport", "dport", "proto", "vlan", "packets", "reverse_packets", "bytes",
+            "reverse_bytes", "start_ns", "end_ns", "observers", "sources", "n_observations"]
+GROUP_KEYS = ("src", "dst", "sport", "dport", "proto", "vlan", "host", "source", "pair")
+METRICS = {"bytes": "sum(bytes + reverse_bytes)", "packets": "sum(packets + reverse_packets)",
+           "flows": "count(*)"}
+FILTER_KEYS = ("src", "dst", "addr", "sport", "dport", "port", "proto", "vlan", "host")
+_V4_PREFIX = b"\0" * 10 + b"\xff\xff"
+
+
+class StoreError(CapfanError):
+    """The store cannot be opened, or a request or batch is invalid; the message says which."""
+
+
+@lru_cache(maxsize=1 << 16)
+def addr_text(raw: bytes) -> str:
+    """Text form of a 16-byte stored address (IPv4-mapped -> dotted quad)."""
+    if raw[:12] == _V4_PREFIX:
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def _addr_udf(col: pa.Array) -> pa.Array:
+    # vectorised over a DuckDB chunk: the export renders addresses with this
+    return pa.array([None if v is None else addr_text(v) for v in col.to_pylist()], pa.string())
+
+
+def _addr_range(text) -> tuple[bytes, bytes]:
+    """(low, high) 16-byte bounds of an address or CIDR network given as text."""
+    try:
+        net = ipaddress.ip_network(str(text), strict=False)
+    except ValueError:
+        raise StoreError(f"filter address {text!r} is not an IP address or network "
+                         "(e.g. 10.0.0.1, 2001:db8::/32)") from None
+    lo, hi = net.network_address.packed, net.broadcast_address.packed
+    if net.version == 4:
+        return _V4_PREFIX + lo, _V4_PREFIX + hi
+    return lo, hi
+
+
+def _values(key, v) -> list:
+    vals = list(v) if isinstance(v, (list, tuple, set, frozenset)) else [v]
+    if not vals:
+        raise StoreError(f"filter {key!r} has an empty list of values")
+    return vals
+
+
+def _ints(key, v) -> list[int]:
+    try:
+        return [int(x) for x in _values(key, v)]
+    except (TypeError, ValueError):
+        raise StoreError(f"filter {key!r} takes integers, got {v!r}") from None
+
+
+def _build_filter(where: dict | None, obs_side: bool) -> tuple[str, list]:
+    """SQL predicate and parameters for a `where` dict; obs_side: the orientation-independent
+    form that pre-selects observations (src/dst/sport/dport match either side there)."""
+    clauses, params = [], []
+    for key, v in (where or {}).items():
+        if key not in FILTER_KEYS:
+            raise StoreError(f"unknown filter {key!r}; use one of {', '.join(FILTER_KEYS)}")
+        if key in ("src", "dst", "addr"):
+            cols = ("src", "dst") if obs_side or key == "addr" else (key,)
+            ors = []
+            for lo, hi in (_addr_range(x) for x in _values(key, v)):
+                for c in cols:
+                    ors.append(f"{c} BETWEEN ? AND ?")
+                    params += [lo, hi]
+            clauses.append("(" + " OR ".join(ors) + ")")
+        elif key in ("sport", "dport", "port"):
+            cols = ("sport", "dport") if obs_side or key == "port" else (key,)
+            vals = _ints(key, v)
+            marks = ", ".join("?" * len(vals))
+            clauses.append("(" + " OR ".join(f"{c} IN ({marks})" for c in cols) + ")")
+            for _ in cols:
+                params += vals
+        elif key in ("proto", "vlan"):
+            vals = _ints(key, v)
+            clauses.append(f"{key} IN ({', '.join('?' * len(vals))})")
+            params += vals
+        elif key == "host":
+            if obs_side:
+                continue  # observers are a property of the merged flow, not of the key
+            vals = [str(x) for x in _values(key, v)]
+            clauses.append(f"list_has_any(observers, [{', '.join('?' * len(vals))}]::VARCHAR[])")
+            params += vals
+    return (" AND ".join(clauses) or "TRUE"), params
+
+
+def _json_value(v):
+    if isinstance(v, bytes):
+        # fixed-size text fields (S) come NUL-padded; opaque (V) fields as hex
+        return v.rstrip(b"\0").decode("utf-8", "replace")
+    if isinstance(v, (np.void, memoryview)):
+        return bytes(v).hex()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, tuple):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def record_dicts(records: np.ndarray) -> list[dict]:
+    """A structured array's records as JSON-ready dicts."""
+    names = records.dtype.names
+    if not names:
+        raise StoreError(f"records must be a structured array with named fields, got dtype {records.dtype}")
+    return [{n: _json_value(x) for n, x in zip(names, row)} for row in records.tolist()]
+
+
+def _flow_table(host: str, seq: int, source: str, records: np.ndarray) -> pa.Table:
+    names = records.dtype.names or ()
+    missing = [f for _, f, _ in _FLOW_COLUMNS if f not in names]
+    if missing:
+        raise StoreError(f"stream 'flows' needs FLOW_DTYPE records; fields missing: {', '.join(missing)}")
+    n = len(records)
+    cols = {"host": pa.array([host] * n, pa.string()) if n else pa.array([], pa.string()),
+            "seq": pa.array(np.full(n, seq, np.uint64)),
+            "source": pa.array([source] * n, pa.string())}
+    for col, field, typ in _FLOW_COLUMNS:
+        a = records[field]
+        if typ == "BLOB":
+            if a.dtype.itemsize != 16:
+                raise StoreError(f"flow field {field} must be 16 bytes, got dtype {a.dtype}")
+            buf = pa.py_buffer(np.ascontiguousarray(a).tobytes())
+            cols[col] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, buf])
+        else:
+            cols[col] = pa.array(np.ascontiguousarray(a))
+    return pa.table(cols)
 
 
 class Store:
-    """Stand-in store: sqlite file (or ':memory:')."""
+    """Batches from agents in one DuckDB file; merged flow queries over them."""
 
     def __init__(self, path: str, merge_window_s: float = 60.0, read_only: bool = False):
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        self._db.executescript(
-            "CREATE TABLE IF NOT EXISTS batches(host TEXT, seq INTEGER, stream TEXT, source TEXT, n INTEGER,"
-            " at INTEGER, PRIMARY KEY(host, seq));"
-            "CREATE TABLE IF NOT EXISTS obs(host TEXT, source TEXT, start INTEGER, end INTEGER, src TEXT, dst TEXT,"
-            " sport INTEGER, dport INTEGER, proto INTEGER, vlan INTEGER, packets INTEGER, bytes INTEGER,"
-            " rpackets INTEGER, rbytes INTEGER);"
-            "CREATE TABLE IF NOT EXISTS other(host TEXT, source TEXT, stream TEXT, at INTEGER, body TEXT);")
-        self.dups = {}
+        """Open (or create, unless read_only) the store at path."""
+        if merge_window_s < 0:
+            raise StoreError(f"merge_window_s must be >= 0, got {merge_window_s}")
+        if read_only and not os.path.exists(path):
+            raise StoreError(f"store {path} does not exist (read-only open does not create it)")
+        self.path = path
+        self.merge_window_ns = int(merge_window_s * 1e9)
+        self.read_only = read_only
+        try:
+            self._con = duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as e:
+            raise StoreError(f"cannot open store {path}: {e} (is another process writing it? "
+                             "only one process may open it read-write)") from None
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        if not read_only:
+            for stmt in SCHEMA:
+                self._con.execute(stmt)
+        self._con.create_function("addr_text", _addr_udf, ["BLOB"], "VARCHAR", type="arrow",
+                                  side_effects=False)
 
-    def ingest(self, host, seq, stream, source, records) -> bool:
+    # -- connections ---------------------------------------------------------------------------
+
+    def _cur(self) -> duckdb.DuckDBPyConnection:
+        # a DuckDB connection is not for concurrent use: one cursor per thread
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self._con.cursor()
+        return cur
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def ingest(self, host: str, seq: int, stream: str, source: str, records: np.ndarray) -> bool:
         """Durably store one batch (committed on return); False if (host, seq) was already stored."""
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN")
+        if self.read_only:
+            raise StoreError(f"store {self.path} is open read-only")
+        records = np.asarray(records)
+        if records.ndim != 1:
+            raise StoreError(f"records must be a 1-D array, got shape {records.shape}")
+        if not 0 < seq < 1 << 63:
+            raise StoreError(f"batch seq must be in 1..2**63-1, got {seq}")
+        if stream == FLOWS:
+            table = _flow_table(host, seq, source, records)
+        else:
+            dicts = record_dicts(records) if len(records) else []
+            n = len(dicts)
+            table = pa.table({"host": pa.array([host] * n, pa.string()),
+                              "seq": pa.array(np.full(n, seq, np.uint64)),
+                              "stream": pa.array([stream] * n, pa.string()),
+                              "source": pa.array([source] * n, pa.string()),
+                              "idx": pa.array(np.arange(n, dtype=np.uint64)),
+                              "data": pa.array([json.dumps(d) for d in dicts], pa.string())})
+        cur = self._cur()
+        with self._write_lock:
+            cur.execute("BEGIN TRANSACTION")
             try:
-                cur.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)",
-                            (host, seq, stream, source, len(records), time.time_ns()))
-            except sqlite3.IntegrityError:
-                cur.execute("ROLLBACK")
-                self.dups[host] = self.dups.get(host, 0) + 1
-                return False
-            if stream == "flows" and records.dtype.names and "sourceIPAddress" in records.dtype.names:
-                cur.executemany("INSERT INTO obs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-                    (host, source, int(r["flowStartNanoseconds"]), int(r["flowEndNanoseconds"]),
-                     R.address(r["sourceIPAddress"].tobytes(), int(r["ipVersion"])),
-                     R.address(r["destinationIPAddress"].tobytes(), int(r["ipVersion"])),
-                     int(r["sourceTransportPort"]), int(r["destinationTransportPort"]),
-                     int(r["protocolIdentifier"]), int(r["vlanId"]), int(r["packetDeltaCount"]),
-                     int(r["octetDeltaCount"]), int(r["reversePacketDeltaCount"]), int(r["reverseOctetDeltaCount"]))
-                    for r in records])
-            else:
-                cur.execute("INSERT INTO other VALUES (?,?,?,?,?)", (host, source, stream, time.time_ns(), json.dumps(
-                    [{k: (v.item() if isinstance(v, np.generic) else repr(v)) for k, v in zip(records.dtype.names, r)}
-                     for r in records[:100]] if records.dtype.names else [])))
-            cur.execute("COMMIT")
-            return True
+                if cur.execute("SELECT 1 FROM batches WHERE host = ? AND seq = ?", [host, seq]).fetchone():
+                    cur.execute("ROLLBACK")
+                    self._count_duplicate(cur, host)
+                    return False
+                cur.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                            [host, seq, stream, source, len(records), time.time_ns()])
+                cur.register("_batch", table)
+                try:
+                    if stream == FLOWS:
+                        cur.execute(f"INSERT INTO obs SELECT host, seq, source, "
+                                    f"{', '.join(c for c, _, _ in _FLOW_COLUMNS)} FROM _batch")
+                    else:
+                        cur.execute("INSERT INTO records SELECT * FROM _batch")
+                finally:
+                    cur.unregister("_batch")
+                cur.execute("COMMIT")
+            except BaseException:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # the failed statement may already have aborted the transaction
+                raise
+        return True
 
-    def _where(self, where, start_ns, end_ns):
-        sql, args = [], []
-        for k, v in (where or {}).items():
-            if k not in _COLS:
-                raise ValueError(f"unknown filter key {k!r}")
-            sql.append(f"{_COLS[k]} = ?")
-            args.append(v)
-        if start_ns is not None:
-            sql.append("end >= ?")
-            args.append(start_ns)
-        if end_ns is not None:
-            sql.append("start <= ?")
-            args.append(end_ns)
-        return (" WHERE " + " AND ".join(sql)) if sql else "", args
+    def _count_duplicate(self, cur, host: str) -> None:
+        cur.execute("INSERT INTO hosts VALUES (?, 1) ON CONFLICT (host) DO UPDATE "
+                    "SET duplicates = duplicates + 1", [host])
 
-    def _query(self, sql, args):
-        with self._lock:
-            cur = self._db.execute(sql, args)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+    # -- queries -------------------------------------------------------------------------------
 
-    def top(self, by="bytes", group=("src", "dst"), start_ns=None, end_ns=None, limit=10, where=None):
-        """Top-N flows grouped by keys."""
-        if by not in _BY:
-            raise ValueError(f"unknown 'by' {by!r}")
-        for g in group:
-            if g not in _COLS:
-                raise ValueError(f"unknown group key {g!r}")
-        w, args = self._where(where, start_ns, end_ns)
-        keys = ", ".join(_COLS[g] for g in group)
-        return self._query(f"SELECT {keys}, COUNT(*) AS flows, SUM(packets + rpackets) AS packets,"
-                           f" SUM(bytes + rbytes) AS bytes FROM obs{w} GROUP BY {keys}"
-                           f" ORDER BY {_BY[by]} DESC LIMIT ?", args + [limit])
+    def _merged(self, where, start_ns, end_ns, sources=True) -> tuple[str, list, str, list]:
+        """(WITH ... flows, its params, predicate on flows, its params) for a filtered merge;
+        sources: also list each flow's "host:source" observers (costs a string aggregation)."""
+        obs_where, obs_params = _build_filter(where, obs_side=True)
+        params = {"win": self.merge_window_ns}
+        range_join = ""
+        flow_pred, flow_params = _build_filter(where, obs_side=False)
+        if start_ns is not None or end_ns is not None:
+            lo = 0 if start_ns is None else int(start_ns)
+            hi = (1 << 64) - 1 if end_ns is None else int(end_ns)
+            range_join = ("JOIN (SELECT DISTINCT vlan, proto, a, ap, b, bp FROM k "
+                          f"WHERE end_ns >= {lo} AND start_ns < {hi}) r USING (vlan, proto, a, ap, b, bp)")
+            flow_pred += f" AND end_ns >= {lo} AND start_ns < {hi}"
+        lists = {"ph_sources": ",\n           list(DISTINCT host || ':' || source) AS sources",
+                 "m_sources": ",\n           list_sort(flatten(list(sources))) AS sources",
+                 "f_sources": ", sources"} if sources else {"ph_sources": "", "m_sources": "", "f_sources": ""}
+        sql = MERGE_SQL.format(obs_where=obs_where, range_join=range_join, **lists)
+        # DuckDB does not mix $name and ? parameters: inline the merge window (an int we made)
+        sql = sql.replace("$win", f"{params['win']}::UBIGINT")
+        return sql, obs_params, flow_pred, flow_params
 
-    def flows(self, where=None, start_ns=None, end_ns=None, limit=1000):
-        """Flows matching a filter (each with `observers`)."""
-        w, args = self._where(where, start_ns, end_ns)
-        rows = self._query(f"SELECT * FROM obs{w} ORDER BY start LIMIT ?", args + [limit])
+    def flows(self, where: dict | None = None, start_ns=None, end_ns=None, limit: int = 1000) -> list[dict]:
+        """Merged flows matching a filter (each with `observers`: list of host ids)."""
+        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns)
+        rows = self._cur().execute(
+            sql + f"SELECT {', '.join(FLOW_ROW)} FROM flows WHERE {pred} "
+            "ORDER BY start_ns, src, dst, sport, dport, vlan, proto LIMIT ?", p1 + p2 + [int(limit)]).fetchall()
+        out = []
         for r in rows:
-            r["observers"] = [r.pop("host")]
-        return rows
+            d = dict(zip(FLOW_ROW, r))
+            d["src"], d["dst"] = addr_text(d["src"]), addr_text(d["dst"])
+            for k in ("packets", "reverse_packets", "bytes", "reverse_bytes", "n_observations"):
+                d[k] = int(d[k])
+            out.append(d)
+        return out
+
+    def top(self, by: str = "bytes", group=("src", "dst"), start_ns=None, end_ns=None,
+            limit: int = 10, where: dict | None = None) -> list[dict]:
+        """Top-N merged flows grouped by keys (src, dst, sport, dport, proto, vlan, host, ...)."""
+        if by not in METRICS:
+            raise StoreError(f"top by {by!r}: use one of {', '.join(METRICS)}")
+        group = [group] if isinstance(group, str) else list(group)
+        if not group:
+            raise StoreError("top needs at least one group key")
+        bad = [g for g in group if g not in GROUP_KEYS]
+        if bad:
+            raise StoreError(f"unknown group key {bad[0]!r}; use any of {', '.join(GROUP_KEYS)}")
+        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns, sources="source" in group)
+        # a flow seen by several observers (sources) counts under each of them
+        if "source" in group:
+            base = "(SELECT *, unnest(sources) AS hs FROM flows WHERE {pred}) f"
+            exprs = {"host": "split_part(hs, ':', 1)", "source": "hs[strpos(hs, ':') + 1:]"}
+        elif "host" in group:
+            base = "(SELECT *, unnest(observers) AS host FROM flows WHERE {pred}) f"
+            exprs = {"host": "host"}
+        else:
+            base = "(SELECT * FROM flows WHERE {pred}) f"
+            exprs = {}
+        exprs.update({"pair": "[least(src, dst), greatest(src, dst)]"})
+        sel = [f"{exprs.get(g, g)} AS g_{g}" for g in group]
+        gcols = ", ".join(f"g_{g}" for g in group)
+        metrics = ", ".join(f"{e} AS {m}" for m, e in METRICS.items())
+        q = (sql + f"SELECT {gcols}, {metrics} FROM (SELECT {', '.join(sel)}, * FROM "
+             + base.format(pred=pred) + f") GROUP BY {gcols} ORDER BY {by} DESC, {gcols} LIMIT ?")
+        rows = self._cur().execute(q, p1 + p2 + [int(limit)]).fetchall()
+        out = []
+        for r in rows:
+            d = {}
+            for g, v in zip(group, r):
+                if g in ("src", "dst"):
+                    v = addr_text(v)
+                elif g == "pair":
+                    v = [addr_text(x) for x in v]
+                d[g] = v
+            for m, v in zip(METRICS, r[len(group):]):
+                d[m] = int(v)
+            out.append(d)
+        return out
 
     def totals(self, start_ns=None, end_ns=None, where=None) -> dict:
-        """flows, packets, bytes."""
-        w, args = self._where(where, start_ns, end_ns)
-        r = self._query(f"SELECT COUNT(*) AS flows, COALESCE(SUM(packets + rpackets), 0) AS packets,"
-                        f" COALESCE(SUM(bytes + rbytes), 0) AS bytes FROM obs{w}", args)[0]
-        return r
+        """Merged flows, packets and bytes (both directions) matching a filter and time range."""
+        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns, sources=False)
+        f, p, b = self._cur().execute(
+            sql + "SELECT count(*), coalesce(sum(packets + reverse_packets), 0), "
+            f"coalesce(sum(bytes + reverse_bytes), 0) FROM flows WHERE {pred}", p1 + p2).fetchone()
+        return {"flows": int(f), "packets": int(p), "bytes": int(b)}
 
     def health(self) -> list[dict]:
-        """Per host: last_seen_ns, batches, records, duplicates."""
-        rows = self._query("SELECT host, MAX(at) AS last_seen_ns, COUNT(*) AS batches, SUM(n) AS records"
-                           " FROM batches GROUP BY host ORDER BY host", [])
-        for r in rows:
-            r["duplicates"] = self.dups.get(r["host"], 0)
-        return rows
+        """Per host and per (host, source): last_seen_ns, batches, records, duplicates, plus the
+        fields of the latest record of the `health` stream from that source."""
+        cur = self._cur()
+        out = []
+        for host, last, nb, nr, dups in cur.execute(
+                "SELECT b.host, max(received_ns), count(*), sum(n), coalesce(any_value(h.duplicates), 0) "
+                "FROM batches b LEFT JOIN hosts h USING (host) GROUP BY b.host ORDER BY b.host").fetchall():
+            out.append({"host": host, "source": None, "last_seen_ns": int(last), "batches": int(nb),
+                        "records": int(nr), "duplicates": int(dups)})
+        latest = {}
+        for host, source, data in cur.execute(
+                "SELECT host, source, arg_max(data, (seq, idx)) FROM records WHERE stream = ? "
+                "GROUP BY host, source", [HEALTH]).fetchall():
+            latest[(host, source)] = json.loads(data)
+        for host, source, last, nb, nr in cur.execute(
+                "SELECT host, source, max(received_ns), count(*), sum(n) FROM batches "
+                "GROUP BY host, source ORDER BY host, source").fetchall():
+            d = {"host": host, "source": source, "last_seen_ns": int(last), "batches": int(nb),
+                 "records": int(nr)}
+            for k, v in latest.get((host, source), {}).items():
+                d.setdefault(k, v)  # never let a health field shadow the store's own counters
+            out.append(d)
+        return out
 
-    def export(self, path, fmt="csv", where=None, start_ns=None, end_ns=None) -> int:
-        """Write matching flows to a CSV or Parquet file; the row count."""
-        rows = self.flows(where, start_ns, end_ns, limit=1 << 62)
-        for r in rows:
-            r["observers"] = ",".join(r["observers"])
-        cols = ["start", "end", "src", "dst", "sport", "dport", "proto", "vlan", "packets", "bytes", "rpackets",
-                "rbytes", "source", "observers"]
-        if fmt == "csv":
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, cols)
-                w.writeheader()
-                w.writerows(rows)
-        elif fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            pq.write_table(pa.table({c: [r[c] for r in rows] for c in cols}), path)
-        else:
-            raise ValueError(f"unknown export format {fmt!r}")
-        return len(rows)
+    def export(self, path: str, fmt: str = "csv", where=None, start_ns=None, end_ns=None) -> int:
+        """Write the merged flows matching a filter to a CSV or Parquet file; rows written."""
+        if fmt not in ("csv", "parquet"):
+            raise StoreError(f"export format {fmt!r}: use csv or parquet")
+        sql, p1, pred, p2 = self._merged(where, start_ns, end_ns)
+        lists = ("array_to_string(observers, ' ') AS observers, array_to_string(sources, ' ') AS sources"
+                 if fmt == "csv" else "observers, sources")
+        cols = ("addr_text(src) AS src, addr_text(dst) AS dst, sport, dport, proto, vlan, packets, "
+                "reverse_packets, bytes, reverse_bytes, start_ns, end_ns, " + lists + ", n_observations")
+        inner = (sql + f"SELECT {cols} FROM flows WHERE {pred} "
+                 "ORDER BY start_ns, flows.src, flows.dst, sport, dport, vlan, proto")
+        opts = "FORMAT csv, HEADER true" if fmt == "csv" else "FORMAT parquet"
+        target = str(path).replace("'", "''")
+        try:
+            r = self._cur().execute(f"COPY ({inner}) TO '{target}' ({opts})", p1 + p2).fetchone()
+        except duckdb.IOException as e:
+            raise StoreError(f"cannot write export {path}: {e}") from None
+        return int(r[0]) if r else 0
 
     def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
+        """Close the store (checkpointing the write-ahead log into the file)."""
+        if not self._closed:
+            self._closed = True
+            self._con.close()

@@ -1,0 +1,375 @@
+"""Which embedded store the collector uses: DuckDB vs SQLite (stdlib), measured.
+
+Reproduce: ``python -m capfan.bench.store`` (``--help`` for sizes). Three measurements per engine,
+each on a fresh database file in a temp directory on the disk (not tmpfs: fsync must cost what it
+costs in production):
+
+(a) ingest: ``--batches`` batches of ``--batch-size`` synthetic flow records (FLOW_DTYPE; 3 hosts,
+    a pool of 200k 5-tuples so the same flows recur across hosts), one transaction per batch with
+    the (host, seq) dedup check inside it, committed durably (the collector acks after commit):
+    records/s.
+(b) query while ingesting: a writer thread keeps ingesting batches while the main thread runs the
+    top-10 (src, dst) by bytes over the last ``--window-s`` seconds of flow time with the full
+    cross-host merge, for ``--query-seconds``: query latency (median, max) and the ingest rate
+    during the queries.
+(c) crash safety: a child process ingests in a loop, printing each seq after ``ingest`` returned;
+    after ``--crash-acks`` acks it is killed with SIGKILL (mid-batch, usually); the parent reopens
+    the file and checks every acknowledged seq is there, every stored batch is whole (observation
+    count = batch size) and the merge query runs (SQLite also: ``PRAGMA integrity_check``).
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (fsync per commit, as durable as DuckDB's
+default) and the same schema (addresses as 16-byte blobs); its merge query is the same algorithm
+written for SQLite (no arg_min/lists: first_value window and group_concat).
+
+Measured on the dev VM (2 vCPU, ext4 on a virtio disk, DuckDB 2.0.1, SQLite 3 via Python 3.11),
+``python -m capfan.bench.store`` (100 batches x 10k records = 1M observations before the query
+phase, top-10 over the last 300 s with the full merge for 10 s, kill -9 after 30 acks):
+
+    engine   ingest rec/s   top-10 median / max    ingest rec/s during queries   crash: acked / missing / partial
+    duckdb        402,390     3,885 / 5,671 ms                         285,460          30 / 0 / 0, reopens fine
+    sqlite        327,593    33,329 ms (1 query)                       180,622          30 / 0 / 0, integrity ok
+
+(DuckDB's top-10 over the same 1M observations takes ~1.4 s with no concurrent writer; the
+bench's synthetic pool of 200k 5-tuples makes nearly every key fall in the window, the worst
+case for the merge.)
+
+Choice: DuckDB (see collector/store.py). Reasons from the numbers: (a) 1.2x the ingest rate with
+a per-batch durable commit (the Arrow hand-over costs no per-row Python; sqlite3's executemany
+does); (b) the
+query-time merge is a window + two group-bys over every observation of the selected keys, where a
+columnar vectorised engine is ~9x faster than SQLite's row-at-a-time interpreter, and DuckDB's MVCC
+lets the intake thread keep committing while queries run; (c) both keep every acked batch and
+no partial batch after kill -9. DuckDB fsyncs its write-ahead log at each COMMIT by default
+(checked with ``strace -e fdatasync``: one fdatasync of the .wal per ingest), so the ack also
+survives power loss; nothing had to be configured.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from capfan.records import FLOW_DTYPE
+
+
+def _load_store():
+    """The Store of the source tree this bench belongs to, else the installed one (an editable
+    install may map capfan.collector to another checkout than the capfan package in use)."""
+    here = Path(__file__).resolve().parents[2] / "collector" / "store.py"
+    if not here.exists():
+        from capfan.collector.store import Store as cls
+        return cls
+    spec = importlib.util.spec_from_file_location("_capfan_bench_collector_store", here)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Store
+
+
+Store = _load_store()
+
+HOSTS = ("sensor-a", "sensor-b", "sensor-c")
+BATCH_SPAN_NS = 6_000_000_000  # flow time one batch covers: 100 batches = 10 minutes
+
+
+def make_batch(i: int, n: int, seed: int = 1) -> np.ndarray:
+    """Batch i of n synthetic flow observations (deterministic; times advance per batch)."""
+    rng = np.random.default_rng(seed * 1_000_003 + i)
+    pool = 200_000
+    fid = rng.integers(0, pool, n)
+    r = np.zeros(n, FLOW_DTYPE)
+    src = np.zeros((n, 16), np.uint8)
+    dst = np.zeros((n, 16), np.uint8)
+    src[:, 10:12] = dst[:, 10:12] = 0xFF
+    src[:, 12], src[:, 13] = 10, 0
+    src[:, 14], src[:, 15] = (fid >> 8) & 0xFF, fid & 0xFF
+    dst[:, 12], dst[:, 13] = 192, 168
+    dst[:, 14], dst[:, 15] = (fid % 500) >> 8, (fid % 500) & 0xFF
+    swap = rng.random(n) < 0.3  # some observations see the flow from the other side
+    r["sourceIPAddress"] = np.where(swap[:, None], dst, src).view("V16")[:, 0]
+    r["destinationIPAddress"] = np.where(swap[:, None], src, dst).view("V16")[:, 0]
+    sport = (1024 + fid % 60000).astype(np.uint16)
+    dport = np.array([80, 443, 53, 22], np.uint16)[fid % 4]
+    r["sourceTransportPort"] = np.where(swap, dport, sport)
+    r["destinationTransportPort"] = np.where(swap, sport, dport)
+    r["protocolIdentifier"] = np.where(dport == 53, 17, 6)
+    r["vlanId"] = fid % 3
+    r["ipVersion"] = 4
+    t0 = np.uint64(1_700_000_000_000_000_000 + i * BATCH_SPAN_NS)
+    start = t0 + rng.integers(0, BATCH_SPAN_NS, n).astype(np.uint64)
+    r["flowStartNanoseconds"] = start
+    r["flowEndNanoseconds"] = start + rng.integers(0, 2_000_000_000, n).astype(np.uint64)
+    r["packetDeltaCount"] = rng.integers(1, 100, n)
+    r["reversePacketDeltaCount"] = rng.integers(0, 100, n)
+    r["layer2OctetDeltaCount"] = r["packetDeltaCount"] * rng.integers(64, 1500, n).astype(np.uint64)
+    r["reverseLayer2OctetDeltaCount"] = r["reversePacketDeltaCount"] * np.uint64(800)
+    return r
+
+
+class DuckEngine:
+    """The real collector store."""
+    name = "duckdb"
+
+    def __init__(self, path):
+        self.store = Store(path)
+
+    def ingest(self, host, seq, records):
+        return self.store.ingest(host, seq, "flows", "bench", records)
+
+    def top(self, start_ns):
+        return self.store.top(by="bytes", group=["src", "dst"], start_ns=start_ns, limit=10)
+
+    def check(self, batch_size):
+        """(stored seqs, partial batch count, integrity note)."""
+        cur = self.store._cur()
+        seqs = {s for (s,) in cur.execute("SELECT seq FROM batches").fetchall()}
+        partial = cur.execute(
+            "SELECT count(*) FROM batches b LEFT JOIN (SELECT host, seq, count(*) c FROM obs GROUP BY ALL) o "
+            "USING (host, seq) WHERE coalesce(o.c, 0) <> ?", [batch_size]).fetchone()[0]
+        self.store.totals()
+        return seqs, partial, "ok"
+
+    def close(self):
+        self.store.close()
+
+
+SQLITE_MERGE_TOP = """
+WITH k AS (
+    SELECT host, seq, start_ns, end_ns, vlan, proto, fwd,
+           CASE WHEN fwd THEN src ELSE dst END AS a, CASE WHEN fwd THEN sport ELSE dport END AS ap,
+           CASE WHEN fwd THEN dst ELSE src END AS b, CASE WHEN fwd THEN dport ELSE sport END AS bp,
+           CASE WHEN fwd THEN bytes ELSE rbytes END AS b_ab, CASE WHEN fwd THEN rbytes ELSE bytes END AS b_ba
+    FROM (SELECT *, (src < dst OR (src = dst AND sport <= dport)) AS fwd FROM obs)
+), kr AS (
+    SELECT k.* FROM k JOIN (SELECT DISTINCT vlan, proto, a, ap, b, bp FROM k WHERE end_ns >= :lo) r
+    USING (vlan, proto, a, ap, b, bp)
+), c AS (
+    SELECT *, CASE WHEN start_ns <= max(end_ns) OVER (PARTITION BY vlan, proto, a, ap, b, bp
+              ORDER BY start_ns, end_ns, host, seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + :win
+              THEN 0 ELSE 1 END AS brk FROM kr
+), cl AS (
+    SELECT *, sum(brk) OVER (PARTITION BY vlan, proto, a, ap, b, bp ORDER BY start_ns, end_ns, host, seq
+              ROWS UNBOUNDED PRECEDING) AS cid,
+           first_value(fwd) OVER (PARTITION BY vlan, proto, a, ap, b, bp ORDER BY start_ns, end_ns, host, seq)
+              AS fwd0 FROM c
+), ph AS (
+    SELECT vlan, proto, a, ap, b, bp, cid, host, sum(b_ab) b_ab, sum(b_ba) b_ba, min(start_ns) start_ns,
+           max(end_ns) end_ns FROM cl GROUP BY vlan, proto, a, ap, b, bp, cid, host
+), m AS (
+    SELECT a, b, max(b_ab) + max(b_ba) AS bytes, max(end_ns) AS end_ns, group_concat(host) AS observers
+    FROM ph GROUP BY vlan, proto, a, ap, b, bp, cid
+)
+SELECT a, b, sum(bytes) AS bytes FROM m WHERE end_ns >= :lo GROUP BY a, b ORDER BY bytes DESC LIMIT 10
+"""
+
+
+class SqliteEngine:
+    """stdlib sqlite3, WAL, fsync per commit, same schema and merge."""
+    name = "sqlite"
+    COLS = ("flowStartNanoseconds", "flowEndNanoseconds", "sourceIPAddress", "destinationIPAddress",
+            "sourceTransportPort", "destinationTransportPort", "vlanId", "protocolIdentifier",
+            "packetDeltaCount", "reversePacketDeltaCount", "layer2OctetDeltaCount",
+            "reverseLayer2OctetDeltaCount")
+
+    def __init__(self, path):
+        self.path = path
+        self.con = self._connect()
+        self.con.executescript("""
+            CREATE TABLE IF NOT EXISTS batches(host TEXT, seq INTEGER, n INTEGER, PRIMARY KEY (host, seq));
+            CREATE TABLE IF NOT EXISTS obs(host TEXT, seq INTEGER, start_ns INTEGER, end_ns INTEGER,
+                src BLOB, dst BLOB, sport INTEGER, dport INTEGER, vlan INTEGER, proto INTEGER,
+                packets INTEGER, rpackets INTEGER, bytes INTEGER, rbytes INTEGER);""")
+        self._local = threading.local()
+
+    def _connect(self):
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def ingest(self, host, seq, records):
+        cols = []
+        for c in self.COLS:
+            a = records[c]
+            if a.dtype.kind == "V":
+                raw = np.ascontiguousarray(a).tobytes()
+                cols.append([raw[j:j + 16] for j in range(0, len(raw), 16)])
+            else:
+                cols.append(a.tolist())
+        rows = [(host, seq) + t for t in zip(*cols)]
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if con.execute("SELECT 1 FROM batches WHERE host = ? AND seq = ?", (host, seq)).fetchone():
+                con.execute("ROLLBACK")
+                return False
+            con.execute("INSERT INTO batches VALUES (?, ?, ?)", (host, seq, len(records)))
+            con.executemany("INSERT INTO obs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return True
+
+    def top(self, start_ns):
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._connect()
+        return con.execute(SQLITE_MERGE_TOP, {"lo": start_ns, "win": 60_000_000_000}).fetchall()
+
+    def check(self, batch_size):
+        """(stored seqs, partial batch count, integrity note)."""
+        seqs = {s for (s,) in self.con.execute("SELECT seq FROM batches").fetchall()}
+        partial = self.con.execute(
+            "SELECT count(*) FROM batches b LEFT JOIN (SELECT host, seq, count(*) c FROM obs GROUP BY host, seq) o "
+            "USING (host, seq) WHERE coalesce(o.c, 0) <> ?", (batch_size,)).fetchone()[0]
+        integrity = self.con.execute("PRAGMA integrity_check").fetchone()[0]
+        self.top(0)
+        return seqs, partial, integrity
+
+    def close(self):
+        self.con.close()
+
+
+ENGINES = {"duckdb": DuckEngine, "sqlite": SqliteEngine}
+
+
+def _db_path(tmp, engine):
+    return os.path.join(tmp, f"bench.{engine}")
+
+
+def _child(engine: str, path: str, batch_size: int) -> None:
+    """Crash-test child: ingest forever, print each seq once ingest() returned."""
+    eng = ENGINES[engine](path)
+    batch = make_batch(0, batch_size)
+    seq = 0
+    while True:
+        seq += 1
+        eng.ingest(HOSTS[seq % 3], seq, batch)
+        print(seq, flush=True)
+
+
+def _crash(engine, tmp, batch_size, acks) -> dict:
+    path = os.path.join(tmp, f"crash.{engine}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-m", "capfan.bench.store", "--child", engine, path,
+                             "--batch-size", str(batch_size)], stdout=subprocess.PIPE, text=True, env=env)
+    acked = set()
+    try:
+        for line in proc.stdout:
+            acked.add(int(line))
+            if len(acked) >= acks:
+                break
+        # let it get into the next batch (or a checkpoint) before the kill
+        time.sleep(0.013)
+        proc.send_signal(signal.SIGKILL)
+        for line in proc.stdout:  # seqs printed before the kill landed were acked too
+            acked.add(int(line))
+    finally:
+        proc.kill()
+        proc.wait()
+    eng = ENGINES[engine](path)
+    try:
+        seqs, partial, integrity = eng.check(batch_size)
+    finally:
+        eng.close()
+    return {"acked": len(acked), "acked_missing": len(acked - seqs), "stored": len(seqs),
+            "partial": int(partial), "integrity": integrity}
+
+
+def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 10_000,
+            query_seconds: float = 10.0, window_s: float = 300.0, crash_acks: int = 30,
+            tmp_dir: str | None = None) -> dict:
+    """Ingest rate, top-N latency while ingesting, and kill -9 safety for each engine."""
+    data = [make_batch(i, batch_size) for i in range(batches)]
+    out = {"batches": batches, "batch_size": batch_size, "query_seconds": query_seconds,
+           "window_s": window_s, "engines": {}}
+    with tempfile.TemporaryDirectory(prefix="capfan-bench-store-", dir=tmp_dir or "/var/tmp") as tmp:
+        for name in engines:
+            eng = ENGINES[name](_db_path(tmp, name))
+            t = time.perf_counter()
+            for i, b in enumerate(data):
+                eng.ingest(HOSTS[i % 3], i + 1, b)
+            ingest_s = time.perf_counter() - t
+            # (b) writer thread keeps ingesting while the main thread queries
+            stop = threading.Event()
+            written = [0]
+
+            def writer(eng=eng, stop=stop, written=written):
+                i = batches
+                while not stop.is_set():
+                    eng.ingest(HOSTS[i % 3], i + 1, data[i % batches])
+                    written[0] += batch_size
+                    i += 1
+
+            th = threading.Thread(target=writer, daemon=True)
+            lo = 1_700_000_000_000_000_000 + batches * BATCH_SPAN_NS - int(window_s * 1e9)
+            lat = []
+            th.start()
+            t = time.perf_counter()
+            w0 = written[0]
+            while time.perf_counter() - t < query_seconds or not lat:
+                q = time.perf_counter()
+                eng.top(lo)
+                lat.append(time.perf_counter() - q)
+            dt = time.perf_counter() - t
+            w1 = written[0]
+            stop.set()
+            th.join()
+            eng.close()
+            res = {"ingest_rps": batches * batch_size / ingest_s, "ingest_s": ingest_s,
+                   "queries": len(lat), "query_median_s": float(np.median(lat)), "query_max_s": max(lat),
+                   "ingest_during_rps": (w1 - w0) / dt}
+            res["crash"] = _crash(name, tmp, batch_size, crash_acks)
+            out["engines"][name] = res
+    return out
+
+
+def render(result: dict, console=None) -> None:
+    """Print a measurement as a table."""
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    t = Table(title=f"embedded store: {result['batches']} x {result['batch_size']} records, "
+                    f"top-10 over last {result['window_s']:.0f} s for {result['query_seconds']:.0f} s")
+    for c in ("engine", "ingest rec/s", "top-10 median", "top-10 max", "queries",
+              "ingest rec/s during queries", "crash: acked / missing / partial / integrity"):
+        t.add_column(c, justify="right")
+    for name, r in result["engines"].items():
+        c = r["crash"]
+        t.add_row(name, f"{r['ingest_rps']:,.0f}", f"{r['query_median_s'] * 1e3:,.0f} ms",
+                  f"{r['query_max_s'] * 1e3:,.0f} ms", str(r["queries"]), f"{r['ingest_during_rps']:,.0f}",
+                  f"{c['acked']} / {c['acked_missing']} / {c['partial']} / {c['integrity']}")
+    console.print(t)
+
+
+def main(argv=None) -> None:
+    """python -m capfan.bench.store"""
+    ap = argparse.ArgumentParser(prog="python -m capfan.bench.store", description=__doc__.split("\n")[0])
+    ap.add_argument("--engines", default="duckdb,sqlite")
+    ap.add_argument("--batches", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=10_000)
+    ap.add_argument("--query-seconds", type=float, default=10.0)
+    ap.add_argument("--window-s", type=float, default=300.0)
+    ap.add_argument("--crash-acks", type=int, default=30)
+    ap.add_argument("--tmp-dir", default=None, help="where the database files go (default /var/tmp)")
+    ap.add_argument("--child", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        _child(a.child[0], a.child[1], a.batch_size)
+        return
+    render(measure(tuple(a.engines.split(",")), a.batches, a.batch_size, a.query_seconds, a.window_s,
+                   a.crash_acks, a.tmp_dir))
+
+
+if __name__ == "__main__":
+    main()
