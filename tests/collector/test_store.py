@@ -19,7 +19,7 @@ from capfan.records import empty, pack_address
 
 # the tree's own collector/ (pytest puts the repository root on sys.path): an editable install may
 # map capfan.collector to another checkout
-from collector.store import Store, StoreError
+from capfan.collector.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_flows_stream_needs_flow_records(db):
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from collector.store import Store
+    from capfan.collector.store import Store
     from capfan.records import empty, pack_address
     s = Store(sys.argv[1])
     n = int(sys.argv[2])
