@@ -366,8 +366,9 @@ class SpoolWriter:
 class Spool:
     """The exporter's view: claims incoming batches into seq-numbered outgoing files."""
 
-    def __init__(self, spool_dir: str, codec: str | None = None):
-        self.spool_dir, self.codec = spool_dir, codec
+    def __init__(self, spool_dir: str, host: str | None = None, codec: str | None = None):
+        # host: stamped on every outgoing batch (seqs are this host's); None keeps the writer's
+        self.spool_dir, self.host, self.codec = spool_dir, host, codec
         _make_dirs(spool_dir)
         self.incoming, self.outgoing, self.rejected_dir = _dirs(spool_dir)
         n = _read_next_seq(spool_dir)
@@ -434,7 +435,7 @@ class Spool:
         try:
             meta, payload = read_file(claim)
             arr = np.lib.format.read_array(io.BytesIO(payload), allow_pickle=False)
-            batch = wire.Batch(host=meta["host"], stream=meta["stream"], source=meta.get("source", ""), seq=seq,
+            batch = wire.Batch(host=self.host or meta["host"], stream=meta["stream"], source=meta.get("source", ""), seq=seq,
                                records=arr, created_ns=int(meta.get("created_ns", 0)))
             frames = wire.encode(batch, self.codec)
         except (CapfanError, ValueError, KeyError, TypeError, OSError) as e:

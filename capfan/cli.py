@@ -36,6 +36,7 @@ def _register():
     from capfan.analyzecli import analyze
     from capfan.statuscli import status, top
     from capfan.agentcli import agent
+    from capfan.keyscli import keys
 
     main.add_command(ring)
     main.add_command(bench)
@@ -45,6 +46,7 @@ def _register():
     main.add_command(agent)
     main.add_command(status)
     main.add_command(top)
+    main.add_command(keys)
 
 
 _register()
