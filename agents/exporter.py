@@ -11,7 +11,7 @@ import bisect
 import heapq
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -163,8 +163,12 @@ class Exporter:
             except zmq.Again:
                 return
             e = ev["event"]
+            log.debug("collector %s: monitor event %s", ln.endpoint, zmq.Event(e).name)
             if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 ln.connected, ln.last_error = True, ""
+                # a send between the drop and this socket noticing it lands in the dead pipe (seen
+                # under load) and no event ever reports it: everything unacked goes out again
+                ln.requeue()
                 ln.connects += 1
                 log.info("collector %s connected", ln.endpoint)
             elif e == zmq.EVENT_DISCONNECTED:
@@ -219,6 +223,8 @@ class Exporter:
     # ------------------------------------------------------------ send / ack
 
     def _send(self, ln: _Link, now: float) -> None:
+        if not ln.connected:  # only after a handshake: sends before it could go to a dead pipe
+            return
         while len(ln.inflight) < self.window:
             again = bool(ln.resend)
             if again:

@@ -47,7 +47,7 @@ def check_key(key, what: str) -> str:
 
 
 def _cert_text(banner: str, name: str, public: str, secret: str | None) -> str:
-    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     lines = [banner.format(when=when, name=name), "metadata\n", f'    name = "{name}"\n', "curve\n",
              f'    public-key = "{public}"\n']
     if secret is not None:

@@ -5,7 +5,6 @@ import socket
 import threading
 import time
 
-import numpy as np
 import pytest
 import zmq
 import zmq.auth
@@ -131,6 +130,7 @@ def test_batches_are_sent_acked_and_deleted(tmp_path):
     run = Running(make(d, [port]))
     try:
         assert wait_for(lambda: spool_empty(d), 10)
+        assert wait_for(lambda: run.ex.stats()["acked"] == 10, 5)
         st = run.ex.stats()
     finally:
         run.close()
@@ -169,15 +169,15 @@ def test_collector_killed_mid_stream_unacked_batches_are_resent(tmp_path):
     col1 = Collector(port, ack_first=5).start()
     run = Running(make(d, [port]))
     try:
-        assert wait_for(lambda: len(col1.seqs()) == 20, 10)
+        assert wait_for(lambda: len(col1.seqs()) == 20, 10), run.ex.stats()
         col1.close()  # gone without acking 15 of them
-        assert wait_for(lambda: spool.spool_stats(d)["outgoing_batches"] == 15, 5)
+        assert wait_for(lambda: spool.spool_stats(d)["outgoing_batches"] == 15, 5), run.ex.stats()
         col2 = Collector(port).start()
-        assert wait_for(lambda: spool_empty(d), 10)
+        assert wait_for(lambda: spool_empty(d), 10), (repr(run.ex.stats()), col2.is_alive(), len(col1.arrivals), col2.arrivals)
         col2.close()
-        st = run.ex.stats()
     finally:
         run.close()
+    st = run.ex.stats()
     got = {**col1.markers, **col2.markers}
     assert sorted(got.values()) == list(range(20))  # none lost
     assert set(col2.markers.values()) >= set(range(5, 20))  # every unacked one came again
@@ -262,14 +262,15 @@ def test_permanently_rejected_batch_goes_to_rejected_dir(tmp_path):
     run = Running(make(d, [port]))
     try:
         assert wait_for(lambda: spool_empty(d), 10)
-        st = run.ex.stats()
     finally:
         run.close()
         col.close()
+    st = run.ex.stats()
     rej = sorted(os.listdir(os.path.join(d, "rejected")))
-    seq3 = [s for k, s in ((k, k[1]) for k in col.markers) if col.markers[k] == 3][0]
+    seq3 = next(seq for (_, seq), marker in col.markers.items() if marker == 3)
     assert rej == [f"{seq3:020d}.batch", f"{seq3:020d}.reason"]
-    assert "schema not accepted" in open(os.path.join(d, "rejected", rej[1])).read()
+    with open(os.path.join(d, "rejected", rej[1])) as f:
+        assert "schema not accepted" in f.read()
     meta, _ = spool.read_file(os.path.join(d, "rejected", rej[0]))
     assert meta["seq"] == seq3 and meta["records"] == 3
     assert st["rejected"] == 1 and st["acked"] == 4

@@ -27,7 +27,7 @@ def markers(d):
     out = [int(wire.decode(sp.load(s)).records["packetDeltaCount"][0]) for s in sp.pending()]
     inc_dir = os.path.join(d, "incoming")
     for name in sorted(n for n in os.listdir(inc_dir) if n.endswith(".batch")):
-        meta, payload = spool.read_file(os.path.join(inc_dir, name))
+        _, payload = spool.read_file(os.path.join(inc_dir, name))
         out.append(int(np.lib.format.read_array(io.BytesIO(payload))["packetDeltaCount"][0]))
     return out
 
@@ -175,7 +175,7 @@ def test_reject_and_corrupt_files_go_to_rejected(tmp_path):
     sp = spool.Spool(str(d))
     s1, s2 = sp.claim()
     sp.reject(s1, "schema not accepted")
-    assert open(d / "rejected" / f"{s1:020d}.reason").read() == "schema not accepted\n"
+    assert (d / "rejected" / f"{s1:020d}.reason").read_text() == "schema not accepted\n"
     (d / "outgoing" / f"{s2:020d}.batch").write_bytes(b"CFSPOOL1\n{\"frames\": [99]}\nshort")
     assert sp.load(s2) is None and sp.pending() == []
     st = spool.spool_stats(str(d))
