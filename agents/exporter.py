@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -343,6 +344,16 @@ class Exporter:
             self._close()
             if report is not None:
                 report(self.stats())
+
+    def idle(self) -> bool:
+        """True when everything spooled so far is delivered (nothing pending, nothing incoming): a
+        draining shutdown can stop with `stop=lambda: term and (ex.idle() or past_deadline)`."""
+        if self.pending:
+            return False
+        try:
+            return not any(n.endswith(".batch") and not n.startswith(".") for n in os.listdir(self.spool.incoming))
+        except FileNotFoundError:
+            return True
 
     def stats(self) -> dict:
         """Counters: batches sent/acked/resent/rejected, spool size and drops, each collector's state."""

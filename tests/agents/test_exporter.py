@@ -131,6 +131,7 @@ def test_batches_are_sent_acked_and_deleted(tmp_path):
     try:
         assert wait_for(lambda: spool_empty(d), 10)
         assert wait_for(lambda: run.ex.stats()["acked"] == 10, 5)
+        assert run.ex.idle()
         st = run.ex.stats()
     finally:
         run.close()
@@ -151,6 +152,7 @@ def test_spooled_until_the_collector_starts_then_delivered_in_order(tmp_path):
         time.sleep(0.5)
         st = run.ex.stats()
         assert st["sent"] == 0 and st["pending"] == 5 and not st["collectors"][0]["connected"]
+        assert not run.ex.idle()
         emit_batches(d, 5, start=5)  # more arrive while the collector is away
         col = Collector(port).start()
         assert wait_for(lambda: spool_empty(d), 10)
