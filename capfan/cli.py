@@ -38,6 +38,7 @@ def _register():
     from capfan.agentcli import agent
     from capfan.collectcli import collect
     from capfan.flowscli import flows
+    from capfan.keyscli import keys
 
     main.add_command(ring)
     main.add_command(bench)
@@ -49,6 +50,7 @@ def _register():
     main.add_command(top)
     main.add_command(collect)
     main.add_command(flows)
+    main.add_command(keys)
 
 
 _register()
