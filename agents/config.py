@@ -361,10 +361,10 @@ def _exporter(e: dict, host: str, rel) -> ExporterWorker | None:
                                             "gen AGENT`, set key = \"AGENT.key_secret\" and list AGENT.key on the "
                                             "collector")
         try:
-            public, secret = keys.load_keypair(rel(e["key"], "export.key"))
+            pair = keys.load_keypair(rel(e["key"], "export.key"))
         except CapfanError as err:
             raise ConfigError("export.key", str(err)) from None
-        curve = {"public": public, "secret": secret}
+        curve = {"public": pair["public"], "secret": pair["secret"]}
     return ExporterWorker(spool_dir=os.path.join(rel(e["spool_dir"], "export.spool_dir"), host), host=host,
                           collectors=collectors, curve=curve, spool_max=e["spool_max"],
                           spool_policy=e["spool_policy"], window=e["window"],
@@ -376,7 +376,10 @@ def _server_key(value, key: str, rel, keys) -> str | None:
     if not value:
         return None
     if len(value) == 40 and not os.path.exists(rel(value, key)):
-        return value
+        try:
+            return keys.check_key(value, key)
+        except CapfanError as err:
+            raise ConfigError(key, str(err)) from None
     try:
         return keys.load_public(rel(value, key))
     except CapfanError as err:

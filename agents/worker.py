@@ -157,22 +157,14 @@ def run_analyzer(spec: dict, rep: Reporter) -> int:
 
 
 def run_exporter(spec: dict, rep: Reporter) -> int:
-    """Ship the spool to the collectors until SIGTERM."""
+    """Ship the spool to the collectors until SIGTERM (the supervisor waits for the spool to
+    drain before it sends that)."""
     from capfan.agents.exporter import Exporter  # noqa: PLC0415
 
     stop = _Stop()
     exp = Exporter(spec["spool_dir"], spec["host"], spec["collectors"], spec["curve"], window=spec["window"])
     rep.update(ready=True, state="running", stats=exp.stats())
-    next_report = [time.monotonic() + REPORT_EVERY_S]
-
-    def stopping() -> bool:
-        # called by the exporter's loop: also the moment to publish its counters
-        if time.monotonic() >= next_report[0]:
-            rep.update(stats=exp.stats())
-            next_report[0] = time.monotonic() + REPORT_EVERY_S
-        return stop.flag
-
-    exp.run(stopping)
+    exp.run(lambda: stop.flag, report=lambda st: rep.update(stats=st), report_every=REPORT_EVERY_S)
     rep.update(state="stopped", stats=exp.stats())
     return 0
 

@@ -128,7 +128,8 @@ def _load_curve(sec: dict, base: str) -> None:
                           "security.mode = \"plain\" to run without authentication)")
     sec["server_key"] = rel(sec["server_key"], "security.server_key")
     try:
-        public, secret = keys.load_keypair(sec["server_key"])
+        pair = keys.load_keypair(sec["server_key"])
+        public, secret = pair["public"], pair["secret"]
     except (CapfanError, OSError, ValueError) as e:
         raise ConfigError("security.server_key", str(e)) from None
     sec["public_key"], sec["secret_key"] = _text(public), _text(secret)
