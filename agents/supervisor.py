@@ -155,7 +155,7 @@ class Supervisor:
         w = p.spec
         spec = dataclasses.asdict(w)
         spec.update(parent=os.getpid(), state_file=p.state_file, cpu=w.cpu,
-                    title=("cf:" + (w.ring if w.kind == "capture" else w.consumer))[:15])
+                    title=("cf:" + {"capture": w.ring, "analyzer": getattr(w, "consumer", "")}.get(w.kind, w.kind))[:15])
         if w.kind == "analyzer" and self.cfg.exit_when_done:
             spec["exit_on_eof"] = True
         if w.kind == "analyzer" and self.cfg.exporter:
