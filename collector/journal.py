@@ -32,16 +32,20 @@ the middle of the journal and raises ``JournalError`` naming the file and offset
 skipped silently). ``read`` checks every record's CRC as well. A ``LOCK`` file (flock) keeps a
 second writer out of the directory.
 
-Performance (``python -m capfan.collector.journal`` / ``measure()``; 256 messages of
-2 frames, ~350 KB each = 90 MB per group; ext4 on the 2-vCPU dev VM's virtio disk): append
-(one ``writev`` per message, no copy; the CRC at ~4 GB/s is the Python-side cost) runs at
-~1.5-2.5 GB/s into the page cache, append+sync at the disk's write speed: the fsync is >80% of
-the time. See ``measure()``.
+Performance (``python -m capfan.collector.journal``, i.e. ``measure()``; groups of 256 messages of
+2 frames, ~350 KB each (10k records x 34 B), 90 MB per group; ext4 on the 2-vCPU dev VM's virtio
+disk, 5 groups, 3 runs): append 0.8-1.2 GB/s, append+sync 0.6-0.8 GB/s, i.e. 110-150 ms per
+group, of which only ~42 ms is CPU (CRC32 ~25-30 ms at ~3.5 GB/s, the kernel's copy into the page
+cache ~15 ms, Python < 1 ms: ~2.5 us per append, one ``writev`` per message and no copy of the
+frames); the rest, 65-70%, is waiting for the disk (fsync ~35 ms plus the kernel's dirty-page
+throttling inside ``writev``). The 1 M records/s target is ~34 MB/s: 3-5% of the journal's
+throughput, ~16 ms of CPU per second.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import mmap
 import os
@@ -146,7 +150,7 @@ class Journal:
 
     def _open_segments(self) -> None:
         segs = sorted(int(m.group(1)) for m in map(_NAME.match, os.listdir(self.directory)) if m)
-        for a, b in zip(segs, segs[1:]):
+        for a, b in itertools.pairwise(segs):
             if b != a + 1:
                 raise JournalError(f"journal {self.directory}: segments {segment_name(a + 1)} to "
                                    f"{segment_name(b - 1)} are missing (data lost)")
@@ -249,8 +253,7 @@ class Journal:
         try:
             done = os.writev(self._fd, bufs)
             while done < total:   # short write (signal, huge message): write the rest
-                rest = b"".join(bytes(memoryview(b).cast("B")) for b in bufs)[done:]
-                done += os.write(self._fd, rest)
+                done += os.write(self._fd, memoryview(b"".join(bufs))[done:])
         except OSError as e:
             try:   # never leave a partial record before the next one
                 os.ftruncate(self._fd, self._off)
@@ -545,8 +548,11 @@ class Journal:
 def measure(directory: str | None = None, messages: int = 256, message_bytes: int = 350_000,
             rounds: int = 5, fsync: bool = True) -> dict:
     """Append + sync `rounds` groups of `messages` 2-frame messages of ~`message_bytes` each into
-    a fresh journal under `directory` (default: a temporary directory on the current
-    filesystem); returns MB/s of append alone and of append+sync, and the fsync's share."""
+    a fresh journal under `directory` (default: a temporary directory in the current directory,
+    i.e. on a real disk rather than tmpfs). Returns MB/s of append alone and of append+sync, the
+    fsync's share of the time, and per group: append wall time, its CPU time (user + system:
+    CRC, the copy into the page cache, Python), the CRC's part alone, and the sync time. Append
+    wall time above its CPU time is the kernel throttling the writer to the disk's speed."""
     import shutil
     import tempfile
     base = tempfile.mkdtemp(prefix="capfan-journal-bench-", dir=directory or ".")
@@ -554,25 +560,33 @@ def measure(directory: str | None = None, messages: int = 256, message_bytes: in
         head = os.urandom(120)
         payloads = [os.urandom(message_bytes) for _ in range(4)]
         j = Journal(os.path.join(base, "j"), fsync=fsync)
-        t_app = t_sync = 0.0
+        t_app = t_sync = cpu_app = 0.0
         nbytes = 0
-        for r in range(rounds):
+        for _ in range(rounds):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             for i in range(messages):
                 j.append([head, payloads[i % 4]])
             t1 = time.perf_counter()
+            cpu_app += time.process_time() - c0
             j.sync()
             t2 = time.perf_counter()
             t_app += t1 - t0
             t_sync += t2 - t1
             nbytes += messages * (len(head) + message_bytes)
         j.close()
+        t0 = time.perf_counter()
+        for i in range(messages):
+            zlib.crc32(payloads[i % 4], zlib.crc32(head))
+        t_crc = time.perf_counter() - t0
         return {
             "MB": nbytes / 1e6,
             "append_MBps": nbytes / t_app / 1e6,
             "append_sync_MBps": nbytes / (t_app + t_sync) / 1e6,
             "sync_share": t_sync / (t_app + t_sync),
             "append_ms_per_group": t_app / rounds * 1e3,
+            "append_cpu_ms_per_group": cpu_app / rounds * 1e3,
+            "crc_ms_per_group": t_crc * 1e3,
             "sync_ms_per_group": t_sync / rounds * 1e3,
         }
     finally:
