@@ -184,6 +184,7 @@ class Journal:
         self._synced: Position = (self._seg, self._off)   # everything on disk now is durable
         self._seen: Position | None = None                 # synced position the reader caught up to
         self._dir_dirty = False
+        self._broken: str | None = None      # why the writer may not go on (failed fsync)
         self.appended = 0
         self.synced = 0
         self.syncs = 0
@@ -242,8 +243,15 @@ class Journal:
         total = _HEAD.size + 4 * n + sum(lens)
         if max(lens) > MAX_FRAME:
             raise JournalError(f"journal {self.directory}: frame larger than 4 GiB")
+        if self._broken:
+            raise JournalError(self._broken)
         if self._off > 0 and self._off + total > self.segment_bytes:
-            self._roll()
+            try:
+                self._roll()
+            except OSError as e:
+                self._broken = (f"journal segment {self._path(self._seg)}: starting the next "
+                                f"segment failed ({e}); the journal is unusable, reopen it")
+                raise JournalError(self._broken) from e
         lenbytes = struct.pack(f"<{n}I", *lens)
         crc = zlib.crc32(lenbytes, zlib.crc32(_LEN.pack(n), _CRC0))
         for fr in frames:
@@ -257,8 +265,9 @@ class Journal:
         except OSError as e:
             try:   # never leave a partial record before the next one
                 os.ftruncate(self._fd, self._off)
-            except OSError:
-                pass
+            except OSError as e2:
+                self._broken = (f"journal segment {self._path(self._seg)}: a failed write left a "
+                                f"partial record at offset {self._off} ({e2}); reopen the journal")
             raise JournalError(f"journal segment {self._path(self._seg)}: write at offset "
                                f"{self._off} failed: {e}") from e
         self._off += total
@@ -286,14 +295,23 @@ class Journal:
         new segment was created) and visible to `read`."""
         if self._closed:
             raise JournalError(f"journal {self.directory}: sync after close")
+        if self._broken:
+            raise JournalError(self._broken)
+        if self._pending == 0 and not self._dir_dirty:
+            return
         if self.fsync:
             try:
                 _fdatasync(self._fd)
                 if self._dir_dirty:
                     os.fsync(self._dirfd)
             except OSError as e:
-                raise JournalError(f"journal segment {self._path(self._seg)}: fsync failed "
-                                   f"(data up to offset {self._off} may not be durable): {e}") from e
+                # after a failed fsync the kernel may have dropped the dirty pages: a retry could
+                # "succeed" without the data, so this journal accepts nothing more
+                self._broken = (f"journal segment {self._path(self._seg)}: fsync failed ({e}); "
+                                f"appends after offset {self._synced[1]} of segment "
+                                f"{self._synced[0]} are not durable (do not ack them); reopen "
+                                f"the journal")
+                raise JournalError(self._broken) from e
         self._dir_dirty = False
         with self._lock:
             self._synced = (self._seg, self._off)

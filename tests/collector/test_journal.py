@@ -209,6 +209,32 @@ def test_second_writer_is_refused(tmp_path):
     Journal(str(tmp_path), fsync=False).close()
 
 
+def test_failed_fsync_stops_the_writer(tmp_path, monkeypatch):
+    from collector import journal as jmod
+    d = str(tmp_path / "j")
+    j = Journal(d, segment_bytes=10_000)
+    pos = fill(j, 5)
+    j.sync()
+    fill(j, 3, start=5)
+
+    def eio(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(jmod, "_fdatasync", eio)
+    with pytest.raises(JournalError, match="fsync failed"):
+        j.sync()
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="fsync failed"):   # no retry that "succeeds"
+        j.sync()
+    with pytest.raises(JournalError, match="fsync failed"):
+        j.append(content(9))
+    assert [m[0] for m in read_all(j)] == pos              # the unsynced ones never visible
+    j.close()
+    j = Journal(d, segment_bytes=10_000)
+    assert len(read_all(j)) >= 5
+    j.close()
+
+
 def test_journal_error_is_a_capfan_error():
     assert issubclass(JournalError, CapfanError)
 
