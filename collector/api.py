@@ -149,9 +149,11 @@ def _json_default(v):
 class Api:
     """The HTTP API of one store (and optionally an intake for its counters)."""
 
-    def __init__(self, store, listen: str = "127.0.0.1:8477", intake=None, info: dict | None = None):
+    def __init__(self, store, listen: str = "127.0.0.1:8477", intake=None, info: dict | None = None,
+                 loader=None):
         self.store = store
         self.intake = intake
+        self.loader = loader
         self.info = info or {}
         host, port = listen.rsplit(":", 1)
         self._addr = (host.strip("[]"), int(port))
@@ -238,6 +240,9 @@ class Api:
         out["store"] = self.store.health()
         if self.intake is not None:
             out["intake"] = self.intake.counters()
+        if self.loader is not None:
+            out["loader"] = self.loader.counters()
+            out["journal"] = self.loader.journal.stats()
         return out
 
 

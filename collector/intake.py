@@ -29,7 +29,7 @@ _MONITOR_EVENTS = {zmq.EVENT_ACCEPTED: "connections", zmq.EVENT_DISCONNECTED: "d
                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failures",
                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failures",
                    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failures"}
-COUNTERS = ("received", "stored", "duplicates", "rejected_malformed", "rejected_oversized", "rejected_version",
+COUNTERS = ("received", "journaled", "stored", "duplicates", "rejected_malformed", "rejected_oversized", "rejected_version",
             "denied_unauthenticated", "store_errors", "acks_sent", "records_stored", "connections", "disconnects",
             "handshake_failures")
 
@@ -44,12 +44,14 @@ class Intake:
     """One intake thread: bind, receive, store, ack; `counters()` for health and status."""
 
     def __init__(self, store, listen: str, *, mode: str = "curve", secret_key: str | None = None,
-                 authorized=(), max_message_bytes: int = wire.MAX_MESSAGE_BYTES):
+                 authorized=(), max_message_bytes: int = wire.MAX_MESSAGE_BYTES, journal=None):
         if mode not in ("curve", "plain"):
             raise ValueError(f"mode must be 'curve' or 'plain', not {mode!r}")
         if mode == "curve" and not (secret_key and authorized):
             raise ValueError("curve mode needs the server's secret key and at least one authorized public key")
         self.store = store
+        # with a journal, a batch is acked once journaled and synced; the loader stores it
+        self.journal = journal
         self.listen = listen
         self.mode = mode
         self.max_bytes = max_message_bytes
@@ -169,7 +171,14 @@ class Intake:
             except zmq.Again:
                 break
             self._handle(frames[0], frames[1:], acks)
-        # every seq in `acks` was committed by store.ingest above, so acking now is safe
+        if self.journal is not None and any(seqs for seqs, _ in acks.values()):
+            try:
+                self.journal.sync()  # one fsync for the whole group (group commit)
+            except Exception as e:  # noqa: BLE001 - nothing durable: ack nothing, the agents resend
+                self._add("store_errors")
+                log.error("syncing the journal failed (nothing acked, the agents resend): %s", e)
+                acks = {i: ([], r) for i, (_, r) in acks.items() if r}
+        # every seq in `acks` is durable now (journal synced, or committed by store.ingest)
         for ident, (seqs, rejected) in acks.items():
             try:
                 router.send_multipart([ident, *wire.encode_ack(seqs, rejected or None)], zmq.NOBLOCK)
@@ -192,6 +201,17 @@ class Intake:
             if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
                 acks.setdefault(ident, ([], {}))[1][seq] = f"{kind}: {e}"
             log.debug("rejected %s message (%d bytes): %s", kind, size, e)
+            return
+        if self.journal is not None:
+            try:
+                self.journal.append(payload)
+            except Exception as e:  # noqa: BLE001 - disk full/failed: no ack, the agent resends
+                self._add("store_errors")
+                log.error("journaling batch %s/%d failed (not acked, the agent resends): %s", batch.host, batch.seq, e)
+                return
+            self._add("journaled")
+            self._host(batch.host, batches=1, records=len(batch.records))
+            acks.setdefault(ident, ([], {}))[0].append(batch.seq)
             return
         try:
             fresh = self.store.ingest(batch.host, batch.seq, batch.stream, batch.source, batch.records)

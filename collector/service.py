@@ -8,7 +8,14 @@ import time
 
 from . import api as api_mod
 from . import intake as intake_mod
+from . import journal as journal_mod
+from . import loader as loader_mod
 from . import store as store_mod
+
+
+def journal_dir(store_path: str) -> str:
+    """The journal directory beside a store file."""
+    return f"{store_path}.journal"
 
 
 class Collector:
@@ -17,6 +24,8 @@ class Collector:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.store = None
+        self.journal = None
+        self.loader = None
         self.intake = None
         self.api = None
         self.started_ns = 0
@@ -26,12 +35,16 @@ class Collector:
         col, sec, api = self.cfg["collector"], self.cfg["security"], self.cfg["api"]
         try:
             self.store = store_mod.Store(col["store"], merge_window_s=col["merge_window"])
+            # acked = journaled and synced; the loader moves batches into the store in groups
+            self.journal = journal_mod.Journal(journal_dir(col["store"]))
+            self.loader = loader_mod.Loader(self.store, self.journal, col["max_message_bytes"])
+            self.loader.start()
             self.intake = intake_mod.Intake(self.store, col["listen"], mode=sec["mode"],
                                             secret_key=sec["secret_key"], authorized=sec["authorized"],
-                                            max_message_bytes=col["max_message_bytes"])
+                                            max_message_bytes=col["max_message_bytes"], journal=self.journal)
             self.intake.start()
             if api["enabled"]:
-                self.api = api_mod.Api(self.store, api["listen"], intake=self.intake,
+                self.api = api_mod.Api(self.store, api["listen"], intake=self.intake, loader=self.loader,
                                        info={"collector": col["name"], "listen": self.intake.endpoint,
                                              "security": sec["mode"], "public_key": sec["public_key"]})
                 self.api.start()
@@ -41,16 +54,23 @@ class Collector:
         self.started_ns = time.time_ns()
 
     def stop(self) -> None:
-        """Stop the intake first (the batch in hand is stored and acked), then the API, then close the store."""
+        """Stop the intake first (what it acked is journaled), load the rest of the journal, stop the
+        API, close the store and the journal."""
         if self.intake is not None:
             self.intake.stop()
             self.intake = None
+        if self.loader is not None:
+            self.loader.stop()
+            self.loader = None
         if self.api is not None and self.api._server is not None:
             self.api.stop()
         self.api = None
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
 
     def banner(self) -> list[str]:
         """Lines saying where it listens and with which key."""
@@ -68,8 +88,9 @@ class Collector:
     def status_line(self) -> str:
         """One line of intake counters for stderr."""
         c = self.intake.counters()
-        return (f"capfan collect: recv {c['received']} stored {c['stored']} ({c['records_stored']} records) "
-                f"dup {c['duplicates']} rejected malformed/oversized/version "
+        ld = self.loader.counters()
+        return (f"capfan collect: recv {c['received']} acked {c['journaled']} stored {ld['loaded_batches']} "
+                f"({ld['loaded_records']} records) dup {ld['duplicates']} rejected malformed/oversized/version "
                 f"{c['rejected_malformed']}/{c['rejected_oversized']}/{c['rejected_version']} "
                 f"denied {c['denied_unauthenticated']} store_errors {c['store_errors']} hosts {len(c['hosts'])}")
 
