@@ -102,10 +102,11 @@ def test_flows_stream_needs_flow_records(db):
 
 
 CHILD = textwrap.dedent("""
+    import importlib
     import sys
     import numpy as np
-    from capfan.collector.store import Store
     from capfan.records import empty, pack_address
+    Store = importlib.import_module(sys.argv[3]).Store  # the store module the test imported
     s = Store(sys.argv[1])
     n = int(sys.argv[2])
     seq = 0
@@ -126,7 +127,7 @@ def test_kill9_keeps_every_acked_batch_whole(tmp_path):
     path = str(tmp_path / "crash.duckdb")
     n = 3000
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(n)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(n), Store.__module__], stdout=subprocess.PIPE,
                             text=True, env=env)
     acked = []
     try:
