@@ -8,6 +8,9 @@ costs in production):
     a pool of 200k 5-tuples so the same flows recur across hosts), one transaction per batch with
     the (host, seq) dedup check inside it, committed durably (the collector acks after commit):
     records/s.
+(a') ingest_many: the same batches into a fresh file, ``--group`` (10) batches and a checkpoint per
+    transaction (DuckDB only; "-" for a store without ``ingest_many``); then the top-10 below with
+    no concurrent writer ("top-10 idle", median of 3).
 (b) query while ingesting: a writer thread keeps ingesting batches while the main thread runs the
     top-10 (src, dst) by bytes over the last ``--window-s`` seconds of flow time with the full
     cross-host merge, for ``--query-seconds``: query latency (median, max) and the ingest rate
@@ -32,6 +35,10 @@ phase, top-10 over the last 300 s with the full merge for 10 s, kill -9 after 30
 (DuckDB's top-10 over the same 1M observations takes ~1.4 s with no concurrent writer; the
 bench's synthetic pool of 200k 5-tuples makes nearly every key fall in the window, the worst
 case for the merge.)
+
+Since then the store's table layout changed (batch id per row, addresses as UBIGINT halves):
+``--engines duckdb`` on the same VM, before -> after: ingest 268k-362k -> 664k-685k rec/s,
+ingest_many x10 1.08M-1.14M rec/s, top-10 idle 2.7-3.1 -> 1.2-1.9 s (table in collector/store.py).
 
 Choice: DuckDB (see collector/store.py). Reasons from the numbers: (a) 1.2x the ingest rate with
 a per-batch durable commit (the Arrow hand-over costs no per-row Python; sqlite3's executemany
@@ -125,6 +132,13 @@ class DuckEngine:
     def ingest(self, host, seq, records):
         return self.store.ingest(host, seq, "flows", "bench", records)
 
+    def ingest_many(self, items):
+        """items: [(host, seq, records)], one transaction; None if the store has no ingest_many."""
+        if not hasattr(self.store, "ingest_many"):
+            return None
+        return self.store.ingest_many([(h, q, "flows", "bench", r) for h, q, r in items],
+                                      checkpoint=(0, items[-1][1]))
+
     def top(self, start_ns):
         return self.store.top(by="bytes", group=["src", "dst"], start_ns=start_ns, limit=10)
 
@@ -132,9 +146,15 @@ class DuckEngine:
         """(stored seqs, partial batch count, integrity note)."""
         cur = self.store._cur()
         seqs = {s for (s,) in cur.execute("SELECT seq FROM batches").fetchall()}
-        partial = cur.execute(
-            "SELECT count(*) FROM batches b LEFT JOIN (SELECT host, seq, count(*) c FROM obs GROUP BY ALL) o "
-            "USING (host, seq) WHERE coalesce(o.c, 0) <> ?", [batch_size]).fetchone()[0]
+        obs_cols = {c for (c,) in cur.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'obs'").fetchall()}
+        if "batch" in obs_cols:  # schema 2: obs rows reference batches.id
+            q = ("SELECT count(*) FROM batches b LEFT JOIN (SELECT batch, count(*) c FROM obs GROUP BY ALL) o "
+                 "ON o.batch = b.id WHERE coalesce(o.c, 0) <> ?")
+        else:  # the first schema (host, seq per row), to measure the store before the change
+            q = ("SELECT count(*) FROM batches b LEFT JOIN (SELECT host, seq, count(*) c FROM obs GROUP BY ALL) o "
+                 "USING (host, seq) WHERE coalesce(o.c, 0) <> ?")
+        partial = cur.execute(q, [batch_size]).fetchall()[0][0]
         self.store.totals()
         return seqs, partial, "ok"
 
@@ -288,10 +308,10 @@ def _crash(engine, tmp, batch_size, acks) -> dict:
 
 def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 10_000,
             query_seconds: float = 10.0, window_s: float = 300.0, crash_acks: int = 30,
-            tmp_dir: str | None = None) -> dict:
+            tmp_dir: str | None = None, group: int = 10) -> dict:
     """Ingest rate, top-N latency while ingesting, and kill -9 safety for each engine."""
     data = [make_batch(i, batch_size) for i in range(batches)]
-    out = {"batches": batches, "batch_size": batch_size, "query_seconds": query_seconds,
+    out = {"batches": batches, "batch_size": batch_size, "group": group, "query_seconds": query_seconds,
            "window_s": window_s, "engines": {}}
     with tempfile.TemporaryDirectory(prefix="capfan-bench-store-", dir=tmp_dir or "/var/tmp") as tmp:
         for name in engines:
@@ -300,6 +320,25 @@ def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 
             for i, b in enumerate(data):
                 eng.ingest(HOSTS[i % 3], i + 1, b)
             ingest_s = time.perf_counter() - t
+            many_rps = None
+            if hasattr(eng, "ingest_many"):
+                # (a') the same batches in groups of `group` per transaction, into a fresh file
+                eng2 = ENGINES[name](_db_path(tmp, name + ".many"))
+                items = [(HOSTS[i % 3], i + 1, b) for i, b in enumerate(data)]
+                t = time.perf_counter()
+                ok = True
+                for j in range(0, len(items), group):
+                    ok = eng2.ingest_many(items[j:j + group]) is not None and ok
+                many_s = time.perf_counter() - t
+                eng2.close()
+                many_rps = batches * batch_size / many_s if ok else None
+            # query latency with no concurrent writer
+            lo = 1_700_000_000_000_000_000 + batches * BATCH_SPAN_NS - int(window_s * 1e9)
+            idle = []
+            for _ in range(3):
+                q = time.perf_counter()
+                eng.top(lo)
+                idle.append(time.perf_counter() - q)
             # (b) writer thread keeps ingesting while the main thread queries
             stop = threading.Event()
             written = [0]
@@ -312,7 +351,6 @@ def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 
                     i += 1
 
             th = threading.Thread(target=writer, daemon=True)
-            lo = 1_700_000_000_000_000_000 + batches * BATCH_SPAN_NS - int(window_s * 1e9)
             lat = []
             th.start()
             t = time.perf_counter()
@@ -327,6 +365,7 @@ def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 
             th.join()
             eng.close()
             res = {"ingest_rps": batches * batch_size / ingest_s, "ingest_s": ingest_s,
+                   "ingest_many_rps": many_rps, "group": group, "query_idle_median_s": float(np.median(idle)),
                    "queries": len(lat), "query_median_s": float(np.median(lat)), "query_max_s": max(lat),
                    "ingest_during_rps": (w1 - w0) / dt}
             res["crash"] = _crash(name, tmp, batch_size, crash_acks)
@@ -341,12 +380,15 @@ def render(result: dict, console=None) -> None:
     console = console or Console()
     t = Table(title=f"embedded store: {result['batches']} x {result['batch_size']} records, "
                     f"top-10 over last {result['window_s']:.0f} s for {result['query_seconds']:.0f} s")
-    for c in ("engine", "ingest rec/s", "top-10 median", "top-10 max", "queries",
+    for c in ("engine", "ingest rec/s", f"ingest_many x{result['group']} rec/s", "top-10 idle",
+              "top-10 median", "top-10 max", "queries",
               "ingest rec/s during queries", "crash: acked / missing / partial / integrity"):
         t.add_column(c, justify="right")
     for name, r in result["engines"].items():
         c = r["crash"]
-        t.add_row(name, f"{r['ingest_rps']:,.0f}", f"{r['query_median_s'] * 1e3:,.0f} ms",
+        many = "-" if r.get("ingest_many_rps") is None else f"{r['ingest_many_rps']:,.0f}"
+        t.add_row(name, f"{r['ingest_rps']:,.0f}", many, f"{r['query_idle_median_s'] * 1e3:,.0f} ms",
+                  f"{r['query_median_s'] * 1e3:,.0f} ms",
                   f"{r['query_max_s'] * 1e3:,.0f} ms", str(r["queries"]), f"{r['ingest_during_rps']:,.0f}",
                   f"{c['acked']} / {c['acked_missing']} / {c['partial']} / {c['integrity']}")
     console.print(t)
@@ -361,6 +403,7 @@ def main(argv=None) -> None:
     ap.add_argument("--query-seconds", type=float, default=10.0)
     ap.add_argument("--window-s", type=float, default=300.0)
     ap.add_argument("--crash-acks", type=int, default=30)
+    ap.add_argument("--group", type=int, default=10, help="batches per ingest_many transaction")
     ap.add_argument("--tmp-dir", default=None, help="where the database files go (default /var/tmp)")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -368,7 +411,7 @@ def main(argv=None) -> None:
         _child(a.child[0], a.child[1], a.batch_size)
         return
     render(measure(tuple(a.engines.split(",")), a.batches, a.batch_size, a.query_seconds, a.window_s,
-                   a.crash_acks, a.tmp_dir))
+                   a.crash_acks, a.tmp_dir, a.group))
 
 
 if __name__ == "__main__":

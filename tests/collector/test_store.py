@@ -102,10 +102,11 @@ def test_flows_stream_needs_flow_records(db):
 
 
 CHILD = textwrap.dedent("""
+    import importlib
     import sys
     import numpy as np
-    from capfan.collector.store import Store
     from capfan.records import empty, pack_address
+    Store = importlib.import_module(sys.argv[3]).Store  # the store module the test imported
     s = Store(sys.argv[1])
     n = int(sys.argv[2])
     seq = 0
@@ -126,7 +127,7 @@ def test_kill9_keeps_every_acked_batch_whole(tmp_path):
     path = str(tmp_path / "crash.duckdb")
     n = 3000
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(n)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(n), Store.__module__], stdout=subprocess.PIPE,
                             text=True, env=env)
     acked = []
     try:
@@ -149,6 +150,161 @@ def test_kill9_keeps_every_acked_batch_whole(tmp_path):
     assert hosts[0]["batches"] == len(per_seq) and hosts[0]["records"] == n * len(per_seq)
     assert s.ingest("h1", max(per_seq) + 1, "flows", "q0", empty(1)) is True  # writable again
     s.close()
+
+
+# -- ingest_many, checkpoint, schema version ------------------------------------------------
+
+def flows_batch(seq, n=3):
+    """n distinct flows tagged with the batch's seq (sport)."""
+    return batch(*[rec("10.0.0.1", "10.0.0.2", seq, 1000 + i, 0, 1, p=1, b=10) for i in range(n)])
+
+
+def stored_seqs(s):
+    return {(h["host"], h["batches"], h["records"]) for h in s.health() if h["source"] is None}
+
+
+def test_ingest_many_duplicates_within_and_across_calls(tmp_path):
+    path = str(tmp_path / "m.duckdb")
+    s = Store(path)
+    assert s.checkpoint() is None
+    got = s.ingest_many([("h1", 1, "flows", "q0", flows_batch(1)), ("h1", 2, "flows", "q0", flows_batch(2)),
+                         ("h1", 1, "flows", "q0", flows_batch(1)),          # duplicate within the list
+                         ("h2", 1, "flows", "q0", flows_batch(1, 2)),        # seq is per host
+                         ("h2", 2, "health", "q0", np.array([(5,)], [("kernel_drops", "<u8")]))],
+                        checkpoint=(1, 500))
+    assert got == [True, True, False, True, True]
+    assert s.checkpoint() == (1, 500)
+    got = s.ingest_many([("h1", 2, "flows", "q0", flows_batch(2)), ("h1", 3, "flows", "q0", flows_batch(3)),
+                         ("h2", 2, "health", "q0", np.array([(6,)], [("kernel_drops", "<u8")]))],
+                        checkpoint=(1, 900))
+    assert got == [False, True, False]  # duplicates of an earlier call
+    assert s.ingest("h1", 3, "flows", "q0", flows_batch(3)) is False
+    assert s.ingest_many([], checkpoint=(2, 0)) == [] and s.checkpoint() == (2, 0)
+    s.close()
+    s = Store(path)
+    assert s.checkpoint() == (2, 0)
+    assert s.ingest_many([("h1", 1, "flows", "q0", flows_batch(1))]) == [False]
+    assert s.checkpoint() == (2, 0)  # no checkpoint given: the saved one stays
+    hosts = {h["host"]: h for h in s.health() if h["source"] is None}
+    assert (hosts["h1"]["batches"], hosts["h1"]["records"], hosts["h1"]["duplicates"]) == (3, 9, 4)
+    assert (hosts["h2"]["batches"], hosts["h2"]["records"], hosts["h2"]["duplicates"]) == (2, 3, 1)
+    per_seq = {r["sport"]: r["flows"] for r in s.top(by="flows", group=["sport"], where={"dst": "10.0.0.2"})}
+    assert per_seq == {1: 3, 2: 3, 3: 3}  # h2's seq-1 flows are h1's first two, counted once
+    assert [h["kernel_drops"] for h in s.health() if h["source"] == "q0" and h["host"] == "h2"] == [5]
+    s.close()
+
+
+def test_ingest_many_is_all_or_nothing(tmp_path):
+    s = Store(str(tmp_path / "a.duckdb"))
+    assert s.ingest("h1", 1, "flows", "q0", flows_batch(1))
+    good = [("h1", 2, "flows", "q0", flows_batch(2)), ("h2", 1, "stats", "q0", np.array([(1,)], [("x", "<u8")]))]
+    with pytest.raises(StoreError, match="fields missing"):  # a bad batch mid-list: checked first
+        s.ingest_many(good + [("h1", 3, "flows", "q0", np.zeros(2, [("x", "<u4")]))] + good, checkpoint=(1, 1))
+    with pytest.raises(StoreError, match="seq"):
+        s.ingest_many(good + [("h1", 0, "flows", "q0", flows_batch(3))])
+    with pytest.raises(StoreError, match="checkpoint"):
+        s.ingest_many(good, checkpoint=(1, "x"))
+
+    # a failure inside the transaction, after some rows went in: everything of the call is rolled back
+    class Boom(Exception):
+        pass
+
+    real = s._cur()
+
+    class FailingCursor:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, sql, *a):
+            if sql.startswith("INSERT INTO records"):
+                raise Boom()
+            return real.execute(sql, *a)
+
+    s._local.cur = FailingCursor()
+    with pytest.raises(Boom):
+        s.ingest_many(good + [("h1", 1, "flows", "q0", flows_batch(1))], checkpoint=(1, 2))
+    s._local.cur = real
+    assert s.checkpoint() is None
+    assert stored_seqs(s) == {("h1", 1, 3)}
+    assert s.totals()["flows"] == 3
+    assert [h["duplicates"] for h in s.health() if h["source"] is None] == [0]
+    assert s.ingest_many(good, checkpoint=(1, 3)) == [True, True]  # the store is fine afterwards
+    assert s.checkpoint() == (1, 3) and s.totals()["flows"] == 6
+    s.close()
+
+
+def test_schema_version_is_checked(tmp_path):
+    path = str(tmp_path / "v.duckdb")
+    Store(path).close()
+    con = duckdb.connect(path)
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    for ro in (False, True):
+        with pytest.raises(StoreError, match="schema version 1.*version 2"):
+            Store(path, read_only=ro)
+    old = str(tmp_path / "old.duckdb")  # the first layout: no meta table
+    con = duckdb.connect(old)
+    con.execute("CREATE TABLE batches(host VARCHAR, seq UBIGINT)")
+    con.close()
+    with pytest.raises(StoreError, match="no schema version"):
+        Store(old)
+
+
+CHILD_MANY = textwrap.dedent("""
+    import importlib
+    import sys
+    import numpy as np
+    from capfan.records import empty, pack_address
+    Store = importlib.import_module(sys.argv[3]).Store
+    s = Store(sys.argv[1])
+    n = int(sys.argv[2])
+    group = 0
+    while True:
+        group += 1
+        items = []
+        for k in range(4):  # 4 batches per transaction, seq = 4 * (group - 1) + k + 1
+            seq = 4 * (group - 1) + k + 1
+            b = empty(n)
+            b["sourceTransportPort"] = seq
+            b["destinationTransportPort"] = np.arange(n)
+            b["packetDeltaCount"] = 1
+            b["sourceIPAddress"] = np.frombuffer(pack_address("10.0.0.1"), "V16")
+            b["destinationIPAddress"] = np.frombuffer(pack_address("10.0.0.2"), "V16")
+            items.append(("h1", seq, "flows", "q0", b))
+        s.ingest_many(items, checkpoint=(group, 4 * group))
+        print(group, flush=True)
+""")
+
+
+def test_kill9_checkpoint_and_data_stay_consistent(tmp_path):
+    path = str(tmp_path / "crash-many.duckdb")
+    n = 2000
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_MANY, path, str(n), Store.__module__],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    acked = []
+    try:
+        for line in proc.stdout:
+            acked.append(int(line))
+            if len(acked) == 8:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        acked += [int(x) for x in proc.stdout]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    s = Store(path)
+    group, last_seq = s.checkpoint()
+    assert max(acked) <= group <= max(acked) + 1  # at most the transaction in flight when killed
+    assert last_seq == 4 * group
+    per_seq = {r["sport"]: r["flows"] for r in s.top(by="flows", group=["sport"], limit=10_000)}
+    assert set(per_seq) == set(range(1, 4 * group + 1))  # exactly the data the checkpoint covers
+    assert set(per_seq.values()) == {n}
+    s.close()
+    ro = Store(path, read_only=True)
+    assert ro.checkpoint() == (group, 4 * group)
+    ro.close()
 
 
 # -- the merge --------------------------------------------------------------------------------
