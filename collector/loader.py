@@ -92,7 +92,7 @@ class Loader:
             # which the journal's CRC would have caught
             b = wire.decode(frames, self.max_bytes)
             batches.append((b.host, b.seq, b.stream, b.source, b.records))
-        checkpoint = tuple(msgs[-1][1])
+        checkpoint = tuple(msgs[-1][0])  # the last loaded record: read(since) resumes after it
         fresh = self.store.ingest_many(batches, checkpoint=checkpoint)
         self.position = checkpoint
         with self._lock:

@@ -38,6 +38,7 @@ class CollectorRun:
         cmd = [sys.executable, "-m", "capfan", "collect", "-c", self.path]
         if self.ns:
             cmd = ["ip", "netns", "exec", self.ns, *cmd]
+        self._log_from = os.path.getsize(self.errpath) if os.path.exists(self.errpath) else 0
         self._err = open(self.errpath, "a")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, env=env, text=True)
         self.api_url = wait_for(self._find_api, 60, 0.1)
@@ -62,8 +63,9 @@ class CollectorRun:
         return None
 
     def log(self) -> str:
-        """Its stderr so far."""
+        """What this run wrote on stderr so far (an earlier run with the same name wrote before)."""
         with open(self.errpath) as f:
+            f.seek(getattr(self, "_log_from", 0))
             return f.read()
 
     def get(self, path: str):

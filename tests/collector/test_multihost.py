@@ -110,7 +110,9 @@ def test_two_sensors_merge_into_the_oracle_union_and_shared_flows_count_once(lab
             cfg = agent_cfg(pcap, name, f"tcp://{lab.ip(i)}:{PORT}", k[name], k["collector"][0])
             cfg["agent"]["run_dir"] = str(d / "run")
             cfg["export"]["spool_dir"] = str(d / "spool")
-            agents.append(AgentRun(d, cfg, ring_dir, ns=lab.sensors[i - 1], name=name).start())
+            rings = os.path.join(ring_dir, name)   # each host has its own /dev/shm
+            os.makedirs(rings)
+            agents.append(AgentRun(d, cfg, rings, ns=lab.sensors[i - 1], name=name).start())
         for a in agents:
             assert a.wait(120) == 0, a.log()
             assert "not yet acknowledged" not in a.log()      # the spool drained before the agent left
