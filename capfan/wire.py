@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,16 +218,18 @@ def _from_columns(buf, dtype: np.dtype, fields, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- codecs
 
-_zc = _zd = None
+# zstandard (de)compressor objects are not thread-safe and the collector decodes in its intake
+# and its loader thread at once: one pair per thread
+_codec_state = threading.local()
 
 
 def _compress(codec: str, data) -> bytes:
-    global _zc
     if codec == "zstd":
-        if _zc is None:
+        zc = getattr(_codec_state, "zc", None)
+        if zc is None:
             import zstandard  # noqa: PLC0415 - imported on first use: `capfan --help` stays fast
-            _zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-        return _zc.compress(data)
+            zc = _codec_state.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        return zc.compress(data)
     if codec == "lz4":
         import lz4.block  # noqa: PLC0415
         return lz4.block.compress(data, store_size=False)
@@ -235,7 +238,6 @@ def _compress(codec: str, data) -> bytes:
 
 def _decompress(codec: str, data: memoryview, size: int, where: str) -> bytes:
     """Exactly `size` bytes out of `data`, never allocating more; WireError otherwise."""
-    global _zd
     if codec == "none":
         if len(data) != size:
             raise WireError(f"{where}: {len(data)} bytes of uncompressed payload, header declares {size}")
@@ -254,8 +256,9 @@ def _decompress(codec: str, data: memoryview, size: int, where: str) -> bytes:
                             f"{size} bytes ({e})") from None
     else:
         import zstandard  # noqa: PLC0415
-        if _zd is None:
-            _zd = zstandard.ZstdDecompressor()
+        zd = getattr(_codec_state, "zd", None)
+        if zd is None:
+            zd = _codec_state.zd = zstandard.ZstdDecompressor()
         try:
             # python-zstandard allocates the frame's own content size, ignoring max_output_size:
             # check that size first so a forged frame cannot make us allocate more
@@ -266,7 +269,7 @@ def _decompress(codec: str, data: memoryview, size: int, where: str) -> bytes:
             said = "an unknown number of" if declared < 0 else declared
             raise WireError(f"{where}: zstd frame says {said} bytes, header declares {size}")
         try:
-            out = _zd.decompress(data, max_output_size=size, allow_extra_data=False)
+            out = zd.decompress(data, max_output_size=size, allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise WireError(f"{where}: zstd payload is corrupt or has trailing bytes ({e})") from None
     if len(out) != size:

@@ -362,3 +362,30 @@ def test_encode_ack_refuses_bad_seqs():
             W.encode_ack(bad)
     with pytest.raises(WireError, match="seq"):
         W.encode_ack([], {0: "x"})
+
+
+def test_encode_and_decode_from_several_threads_at_once():
+    """The collector decodes in its intake and its loader thread at the same time."""
+    import threading
+
+    from capfan.bench.wire import flow_records
+    recs = flow_records(20_000)
+    msgs = [W.encode(W.Batch("h", "flows", "s", i + 1, recs[i * 2000:(i + 1) * 2000])) for i in range(10)]
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                for i, m in enumerate(msgs):
+                    b = W.decode(m)
+                    assert b.seq == i + 1 and b.records.tobytes() == recs[i * 2000:(i + 1) * 2000].tobytes()
+                    again = W.encode(b)
+                    assert W.decode(again).records.tobytes() == b.records.tobytes()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
