@@ -17,6 +17,13 @@ def plan_lines(cfg, warnings: list[str]) -> list[str]:
     """What the agent would start, one line per worker, then the warnings."""
     lines = [f"agent {cfg.name}: rings in {cfg.ring_dir}, status in {cfg.state_dir}, records in {cfg.out}",
              f"metrics: {'http://%s:%d/metrics' % cfg.metrics if cfg.metrics else 'off'}"]
+    e = cfg.exporter
+    if e is None:
+        lines.append(f"export: off (records stay in {cfg.out} as JSON lines)")
+    else:
+        lines.append(f"export: to {', '.join(c['endpoint'] for c in e.collectors)} "
+                     f"({'curve' if e.curve else 'plain'}), spool {e.spool_dir} (max {e.spool_max >> 20} MiB, "
+                     f"{e.spool_policy})")
     for w in cfg.captures:
         what = w.file if w.source == "pcap" else f"{w.interface} queue {w.queue}"
         lines.append(f"  capture  {w.ring:<20} {w.source:<8} {what}  cpu {_cpu(w.cpu)}")

@@ -518,8 +518,9 @@ def _plan(tmp_path, text) -> list[str]:
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("agent ") and lines[1] == "metrics: http://127.0.0.1:9477/metrics", lines
-    workers = [ln for ln in lines[2:] if not ln.startswith("warning: ")]
-    assert lines[2:2 + len(workers)] == workers, "warnings come after the workers"
+    assert lines[2].startswith("export: "), lines
+    workers = [ln for ln in lines[3:] if not ln.startswith("warning: ")]
+    assert lines[3:3 + len(workers)] == workers, "warnings come after the workers"
     return [re.sub(r"cpu \d+$", "cpu N", re.sub(r"  cpu \d+  spin_us", "  cpu N  spin_us", ln)) for ln in workers]
 
 
