@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -195,4 +196,8 @@ def _print_table(rows: list[dict], columns: list[str], title: str) -> None:
         table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
     for r in rows:
         table.add_row(*(_cell(c, r.get(c)) for c in columns))
-    Console(soft_wrap=True).print(table)
+    # a pipe or file gets a wide fixed layout: addresses are never cut short
+    console = Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=250)
+    for c in table.columns:
+        c.no_wrap = True
+    console.print(table)
