@@ -147,15 +147,11 @@ def _stored(store_path: str) -> int:
         st.close()
 
 
-def run_capfan(recs: np.ndarray, total: int, batch: int, window: int, work: str) -> Result:
-    """The capfan path into a real `capfan collect`."""
-    from capfan import wire  # noqa: PLC0415
-
-    port = free_port()
-    cfg = _collector_config(work, port)
-    api = _api_port(cfg)
-    proc = subprocess.Popen([sys.executable, "-m", "capfan", "collect", "-c", cfg], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def _run(cmd: list[str], port: int, recs: np.ndarray, total: int, batch: int, window: int, encode,
+         loaded=None) -> tuple[int, float, int, float, float]:
+    """Start a receiver, send `total` records in batches (encode(seq, chunk) -> frames, timed with
+    the sending), stop it; (batches, seconds, wire bytes, receiver CPU s, seconds until loaded)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     nbytes = [0]
     try:
         _wait_listening(port, proc)
@@ -168,13 +164,13 @@ def run_capfan(recs: np.ndarray, total: int, batch: int, window: int, work: str)
                 chunk = recs[lo:lo + min(batch, total - i * batch)]
 
                 def make(i=i, chunk=chunk):
-                    frames = wire.encode(wire.Batch(HOST, "flows", "bench.q0/flowmeter", i + 1, chunk))
+                    frames = encode(i + 1, chunk)
                     nbytes[0] += sum(len(f) for f in frames)
                     return frames
                 yield i + 1, make
         t0 = time.perf_counter()
         seconds = _send_all(f"tcp://127.0.0.1:{port}", messages(), window)
-        loaded = _wait_loaded(api, total) - t0
+        until_loaded = loaded() - t0 if loaded else float("nan")
         cpu = _cpu_seconds(proc.pid) - cpu0
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -183,7 +179,22 @@ def run_capfan(recs: np.ndarray, total: int, batch: int, window: int, work: str)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return Result("capfan (wire + zstd)", total, n, seconds, nbytes[0], _stored(os.path.join(work, "capfan.duckdb")),
+    return n, seconds, nbytes[0], cpu, until_loaded
+
+
+def run_capfan(recs: np.ndarray, total: int, batch: int, window: int, work: str) -> Result:
+    """The capfan path into a real `capfan collect`."""
+    from capfan import wire  # noqa: PLC0415
+
+    port = free_port()
+    cfg = _collector_config(work, port)
+    api = _api_port(cfg)
+
+    def encode(seq, chunk):
+        return wire.encode(wire.Batch(HOST, "flows", "bench.q0/flowmeter", seq, chunk))
+    n, seconds, nbytes, cpu, loaded = _run([sys.executable, "-m", "capfan", "collect", "-c", cfg], port, recs, total,
+                                           batch, window, encode, loaded=lambda: _wait_loaded(api, total))
+    return Result("capfan (wire + zstd)", total, n, seconds, nbytes, _stored(os.path.join(work, "capfan.duckdb")),
                   cpu, loaded)
 
 
@@ -248,36 +259,13 @@ def run_json(recs: np.ndarray, total: int, batch: int, window: int, work: str) -
     """The JSON-over-ZeroMQ baseline into the same store."""
     port = free_port()
     store_path = os.path.join(work, "json.duckdb")
-    proc = subprocess.Popen([sys.executable, "-m", "capfan.bench.collect", "--json-receiver", str(port), store_path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    nbytes = [0]
-    try:
-        _wait_listening(port, proc)
-        cpu0 = _cpu_seconds(proc.pid)
-        n = -(-total // batch)
 
-        def messages():
-            for i in range(n):
-                lo = (i * batch) % len(recs)
-                chunk = recs[lo:lo + min(batch, total - i * batch)]
-
-                def make(i=i, chunk=chunk):
-                    head = json.dumps({"host": HOST, "stream": "flows", "source": "bench.q0/flowmeter",
-                                       "seq": i + 1}).encode()
-                    body = json.dumps(R.to_dicts(chunk)).encode()
-                    nbytes[0] += len(head) + len(body)
-                    return [head, body]
-                yield i + 1, make
-        seconds = _send_all(f"tcp://127.0.0.1:{port}", messages(), window)
-        cpu = _cpu_seconds(proc.pid) - cpu0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return Result("JSON over ZeroMQ (baseline)", total, n, seconds, nbytes[0], _stored(store_path), cpu)
+    def encode(seq, chunk):
+        head = json.dumps({"host": HOST, "stream": "flows", "source": "bench.q0/flowmeter", "seq": seq}).encode()
+        return [head, json.dumps(R.to_dicts(chunk)).encode()]
+    n, seconds, nbytes, cpu, _ = _run([sys.executable, "-m", "capfan.bench.collect", "--json-receiver", str(port),
+                                       store_path], port, recs, total, batch, window, encode)
+    return Result("JSON over ZeroMQ (baseline)", total, n, seconds, nbytes, _stored(store_path), cpu)
 
 
 def measure(records: int = 2_000_000, json_records: int = 100_000, batch: int = 10_000, window: int = 16,
