@@ -348,6 +348,10 @@ def _exporter(e: dict, host: str, rel) -> ExporterWorker | None:
                                    "server_key = \"collector.key\" }")
         if not isinstance(c["endpoint"], str) or not _ENDPOINT_RE.match(c["endpoint"]):
             raise ConfigError(key, f"{c['endpoint']!r} is not a ZeroMQ endpoint like \"tcp://10.0.0.5:5557\"")
+        # libzmq's connect() takes port 0 or 99999 without a word and then never connects
+        port = c["endpoint"].rpartition(":")[2] if c["endpoint"].startswith("tcp://") else None
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise ConfigError(key, f"{c['endpoint']!r}: port {int(port)} is outside 1-65535")
         server = _server_key(c.get("server_key"), f"{key}.server_key", rel, keys) or default_server
         if e["security"] == "curve" and not server:
             raise ConfigError("export.server_key", "security = \"curve\" needs the collector's public key: set "

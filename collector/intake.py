@@ -17,6 +17,9 @@ import zmq.utils.z85
 from zmq.utils.monitor import recv_monitor_message
 
 from capfan import wire
+from capfan.records import FLOW_DTYPE
+
+from . import store as store_mod
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,29 @@ def error_kind(err: Exception) -> str:
     """'oversized', 'version' or 'malformed': which counter a WireError goes to."""
     kind = getattr(err, "kind", "malformed")
     return kind if kind in ("oversized", "version", "malformed") else "malformed"
+
+
+# the fields Store.ingest reads from a `flows` batch, with the types it can store
+_FLOW_FIELDS = [f for _, f, _ in store_mod._FLOW_COLUMNS] + [f for _, f in store_mod._ADDR_COLUMNS]
+
+
+def content_error(batch) -> str | None:
+    """Why the store would refuse a decoded batch for good, or None. Checked before the batch is
+    journaled: once acked it must load, or it would stop the loader at that batch forever."""
+    fields = batch.records.dtype.fields
+    if batch.stream == store_mod.FLOWS:
+        for name in _FLOW_FIELDS:
+            want = FLOW_DTYPE.fields[name][0]
+            have = fields[name][0] if name in fields else None
+            if have is None:
+                return f"stream 'flows' needs FLOW_DTYPE records; field {name} is missing"
+            if have != want and not (want.kind == "V" and have.kind in "SV" and have.itemsize == want.itemsize):
+                return f"stream 'flows' needs FLOW_DTYPE records; field {name} is {have.str}, not {want.str}"
+        return None
+    for name, (t, *_rest) in fields.items():
+        if t.kind == "c":  # stored as JSON, which has no complex numbers
+            return f"field {name} is complex ({t.str}); the {batch.stream!r} stream is stored as JSON"
+    return None
 
 
 class Intake:
@@ -201,6 +227,12 @@ class Intake:
             if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
                 acks.setdefault(ident, ([], {}))[1][seq] = f"{kind}: {e}"
             log.debug("rejected %s message (%d bytes): %s", kind, size, e)
+            return
+        why = content_error(batch)
+        if why is not None:  # the store would refuse it: resending cannot help, reject it for good
+            self._add("rejected_malformed")
+            self._host(batch.host, rejected=1)
+            acks.setdefault(ident, ([], {}))[1][batch.seq] = f"malformed: {why}"
             return
         if self.journal is not None:
             try:
