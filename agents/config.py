@@ -381,7 +381,7 @@ def _server_key(value, key: str, rel, keys) -> str | None:
         return None
     if len(value) == 40 and not os.path.exists(rel(value, key)):
         try:
-            return keys.check_key(value, key)
+            return keys.check_key(value, "the value")
         except CapfanError as err:
             raise ConfigError(key, str(err)) from None
     try:

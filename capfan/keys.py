@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import struct
 
 import zmq
 from zmq.utils import z85
@@ -41,7 +42,7 @@ def check_key(key, what: str) -> str:
     try:
         if len(z85.decode(key)) != 32:
             raise ValueError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, struct.error):
         raise KeyFileError(f"{what} is not a valid Z85 CURVE key") from None
     return key
 

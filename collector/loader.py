@@ -14,6 +14,8 @@ import time
 
 from capfan import wire
 
+from .store import StoreError
+
 log = logging.getLogger("capfan.collect.loader")
 GROUP_MESSAGES = 256          # batches per store transaction at most
 GROUP_BYTES = 64 << 20
@@ -32,7 +34,7 @@ class Loader:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._counts = {"loaded_batches": 0, "loaded_records": 0, "duplicates": 0, "load_errors": 0,
-                        "transactions": 0}
+                        "load_rejected": 0, "transactions": 0}
         self._hosts: dict[str, dict] = {}
         self.error: Exception | None = None
 
@@ -93,12 +95,19 @@ class Loader:
             b = wire.decode(frames, self.max_bytes)
             batches.append((b.host, b.seq, b.stream, b.source, b.records))
         checkpoint = tuple(msgs[-1][0])  # the last loaded record: read(since) resumes after it
-        fresh = self.store.ingest_many(batches, checkpoint=checkpoint)
+        try:
+            fresh = self.store.ingest_many(batches, checkpoint=checkpoint)
+        except (StoreError, TypeError, ValueError):
+            # content the store refuses (the intake checks for it; this is the safety net): load
+            # one by one and set aside what cannot be stored, so one batch never blocks the rest
+            fresh = [self._load_alone(b, tuple(m[0])) for b, m in zip(batches, msgs)]
         self.position = checkpoint
         with self._lock:
             self._counts["transactions"] += 1
             for (host, _seq, _stream, _source, recs), new in zip(batches, fresh):
                 h = self._hosts.setdefault(host, {"batches": 0, "records": 0, "duplicates": 0})
+                if new is None:
+                    continue  # set aside, counted in load_rejected
                 if new:
                     self._counts["loaded_batches"] += 1
                     self._counts["loaded_records"] += len(recs)
@@ -108,3 +117,15 @@ class Loader:
                     self._counts["duplicates"] += 1
                     h["duplicates"] += 1
         return len(msgs)
+
+    def _load_alone(self, batch, position) -> bool | None:
+        """Store one batch with its own checkpoint; a batch the store refuses is counted, logged
+        and stepped over (None)."""
+        try:
+            return self.store.ingest_many([batch], checkpoint=position)[0]
+        except (StoreError, TypeError, ValueError) as e:
+            log.error("batch %s/%d cannot be stored and is set aside: %s", batch[0], batch[1], e)
+            with self._lock:
+                self._counts["load_rejected"] += 1
+            self.store.ingest_many([], checkpoint=position)
+            return None

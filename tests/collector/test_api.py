@@ -152,7 +152,7 @@ def test_collect_service_intake_api_and_clean_stop(tmp_path):
         assert s.poll(5000) and wire.decode_ack(s.recv_multipart())[0] == [1]
         ctx.destroy(0)
         _, body, _ = get(col.api, "/api/health")
-        assert body["intake"]["stored"] == 1 and body["security"] == "plain"
+        assert body["intake"]["journaled"] == 1 and body["security"] == "plain"
         assert get(col.api, "/api/totals")[1]["flows"] == 4
         time.sleep(0.3)
     finally:
