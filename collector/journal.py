@@ -57,7 +57,7 @@ import zlib
 
 from capfan.errors import CapfanError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("capfan.collect.journal")
 
 MAGIC = b"CFJ1"
 _HEAD = struct.Struct("<4sII")      # magic, crc32, number of frames

@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from capfan.cli import main
-from collector import api as api_mod
-from collector import config as ccfg
-from collector import store as store_mod
+from capfan.collector import api as api_mod
+from capfan.collector import config as ccfg
+from capfan.collector import store as store_mod
 from tests.collector.test_intake import flows
 
 

@@ -53,7 +53,6 @@ survives power loss; nothing had to be configured.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import sqlite3
@@ -69,20 +68,7 @@ import numpy as np
 from capfan.records import FLOW_DTYPE
 
 
-def _load_store():
-    """The Store of the source tree this bench belongs to, else the installed one (an editable
-    install may map capfan.collector to another checkout than the capfan package in use)."""
-    here = Path(__file__).resolve().parents[2] / "collector" / "store.py"
-    if not here.exists():
-        from capfan.collector.store import Store as cls
-        return cls
-    spec = importlib.util.spec_from_file_location("_capfan_bench_collector_store", here)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Store
-
-
-Store = _load_store()
+from capfan.collector.store import Store  # noqa: E402 - after the module docstring's numbers
 
 HOSTS = ("sensor-a", "sensor-b", "sensor-c")
 BATCH_SPAN_NS = 6_000_000_000  # flow time one batch covers: 100 batches = 10 minutes

@@ -10,7 +10,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from agents import exporter, spool
+from capfan.agents import exporter, spool
 from capfan import keys, records, wire
 from tests.conftest import wait_for
 

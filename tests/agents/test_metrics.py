@@ -11,7 +11,7 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents import metrics
+from capfan.agents import metrics
 from capfan import __version__
 from capfan.errors import ConfigError
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import placement
-from agents.placement import (
+from capfan.agents import placement
+from capfan.agents.placement import (
     PinRequest,
     available_cpus,
     format_cpu_list,

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from agents import spool
+from capfan.agents import spool
 from capfan import records, wire
 
 HOST = "sensor-1"

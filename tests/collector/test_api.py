@@ -10,10 +10,10 @@ import pytest
 import zmq
 
 from capfan import wire
-from collector import api as api_mod
-from collector import config as ccfg
-from collector import service
-from collector import store as store_mod
+from capfan.collector import api as api_mod
+from capfan.collector import config as ccfg
+from capfan.collector import service
+from capfan.collector import store as store_mod
 from tests.collector.test_intake import flows, frames
 
 T0 = 1_700_000_000_000_000_000

@@ -11,9 +11,9 @@ import zmq.auth
 from capfan import records as R
 from capfan import wire
 from capfan.errors import ConfigError
-from collector import config as ccfg
-from collector import intake as intake_mod
-from collector import store as store_mod
+from capfan.collector import config as ccfg
+from capfan.collector import intake as intake_mod
+from capfan.collector import store as store_mod
 
 
 def flows(n, seed=0, src="10.0.0.1"):

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from capfan import records as R
 from capfan import wire
-from collector import intake as intake_mod
-from collector import journal as journal_mod
-from collector import loader as loader_mod
-from collector import store as store_mod
+from capfan.collector import intake as intake_mod
+from capfan.collector import journal as journal_mod
+from capfan.collector import loader as loader_mod
+from capfan.collector import store as store_mod
 
 MAX_BYTES = 1 << 20           # the intake's (and the oracle's) message limit: huge counts are cheap rejects
 HOSTS = ("h1", "h2", "h3")

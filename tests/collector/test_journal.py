@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from capfan.errors import CapfanError
-from collector.journal import Journal, JournalError
+from capfan.collector.journal import Journal, JournalError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -210,7 +210,7 @@ def test_second_writer_is_refused(tmp_path):
 
 
 def test_failed_fsync_stops_the_writer(tmp_path, monkeypatch):
-    from collector import journal as jmod
+    from capfan.collector import journal as jmod
     d = str(tmp_path / "j")
     j = Journal(d, segment_bytes=10_000)
     pos = fill(j, 5)
@@ -251,7 +251,7 @@ def test_bad_messages_are_refused(tmp_path):
 
 CHILD = r"""
 import sys
-from collector.journal import Journal
+from capfan.collector.journal import Journal
 from tests.collector.test_journal import content
 j = Journal(sys.argv[1], segment_bytes=int(sys.argv[2]))
 i = 0
@@ -331,7 +331,7 @@ def test_torn_tail_is_cut_and_reported(tmp_path, caplog, tail, what):
     junk = tail()
     with open(seg, "ab") as f:
         f.write(junk)
-    with caplog.at_level(logging.WARNING, logger="collector.journal"):
+    with caplog.at_level(logging.WARNING, logger="capfan.collect.journal"):
         j = Journal(d, segment_bytes=20_000, fsync=False)
     msg = "\n".join(r.getMessage() for r in caplog.records)
     assert f"cut a torn tail of {len(junk)} bytes at offset {size_before}" in msg
@@ -408,7 +408,7 @@ def test_missing_segment_is_an_error(tmp_path):
 
 
 def test_measure_append_throughput(tmp_path):
-    from collector.journal import measure
+    from capfan.collector.journal import measure
     r = measure(str(tmp_path), messages=256, message_bytes=350_000, rounds=2)
     print(f"\njournal: 256 x 350 KB per group: append {r['append_MBps']:,.0f} MB/s, "
           f"append+sync {r['append_sync_MBps']:,.0f} MB/s, fsync share {r['sync_share']:.0%} "
