@@ -61,6 +61,23 @@ WORKER_METRICS = (
     ("capfan_worker_cpu_seconds_total", "counter", "CPU time the current worker process used.", "cpu_seconds"),
     ("capfan_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.", "rss_bytes"),
 )
+EXPORT_METRICS = (   # from the exporter worker's stats
+    ("capfan_export_sent_batches_total", "counter", "Record batches the exporter sent (resends included).", "sent"),
+    ("capfan_export_acked_batches_total", "counter", "Batches every collector acknowledged.", "acked"),
+    ("capfan_export_rejected_batches_total", "counter", "Batches a collector rejected for good.", "rejected"),
+    ("capfan_export_pending_batches", "gauge", "Batches waiting for an acknowledgement.", "pending"),
+    ("capfan_export_spool_bytes", "gauge", "Bytes in the agent's spool.", "spool_bytes"),
+    ("capfan_export_spool_dropped_batches_total", "counter", "Batches dropped because the spool was full.",
+     "spool_dropped_batches"),
+    ("capfan_export_spool_dropped_records_total", "counter", "Records in batches dropped because the spool was full.",
+     "spool_dropped_records"),
+)
+COLLECTOR_METRICS = (   # per collector endpoint of the exporter
+    ("capfan_export_collector_connected", "gauge", "1 while the exporter is connected to the collector.",
+     lambda c: 1 if c.get("connected") else 0),
+    ("capfan_export_collector_inflight_batches", "gauge", "Batches sent to the collector, not yet acknowledged.",
+     "inflight"),
+)
 AGENT_INFO = ("capfan_agent_info", "gauge", "Always 1; the labels name the agent and the capfan version.",
               lambda a: 1)
 AGENT_METRICS = (
@@ -111,7 +128,8 @@ def render(snapshot: dict) -> str:
             families[name].add(labels, key(record) if callable(key) else record.get(key))
 
     # declare every family up front, so an empty snapshot still lists the metric names
-    for table in (QUEUE_METRICS, CONSUMER_METRICS, INTERFACE_METRICS, WORKER_METRICS, (AGENT_INFO,), AGENT_METRICS):
+    for table in (QUEUE_METRICS, CONSUMER_METRICS, INTERFACE_METRICS, WORKER_METRICS, EXPORT_METRICS,
+                  COLLECTOR_METRICS, (AGENT_INFO,), AGENT_METRICS):
         for name, kind, help_text, _key in table:
             families[name] = _Family(name, kind, help_text)
     warnings = families[WARNINGS_METRIC[0]] = _Family(*WARNINGS_METRIC)
@@ -126,6 +144,11 @@ def render(snapshot: dict) -> str:
             add_all(INTERFACE_METRICS, {"interface": iface}, counters)
     for w in _records(snapshot.get("workers")):
         add_all(WORKER_METRICS, {"worker": w.get("id"), **{k: w.get(k) for k in WORKER_LABELS}}, w)
+        st = w.get("stats")
+        if w.get("kind") == "exporter" and isinstance(st, dict):
+            add_all(EXPORT_METRICS, {}, st)
+            for c in _records(st.get("collectors")):
+                add_all(COLLECTOR_METRICS, {"endpoint": c.get("endpoint")}, c)
     agent = snapshot.get("agent")
     if isinstance(agent, dict):
         add_all((AGENT_INFO,), {"name": agent.get("name"), "version": __version__}, agent)

@@ -213,8 +213,25 @@ def render_status(snap: dict, name: str, now: float | None = None) -> Group:
         parts.append(Text(stopped, style="bold red"))
     parts.append(_header(snap, name, now, stopped is None))
     parts += [_queue_table(snap), _consumer_table(snap), _worker_table(snap)]
+    parts += [Text(line) for line in export_lines(snap)]
     parts += [Text(f"warning: {w}", style="yellow") for w in (snap.get("warnings") or []) if isinstance(w, str)]
     return Group(*parts)
+
+
+def export_lines(snap: dict) -> list[str]:
+    """The exporter's delivery state, one line per collector after a summary (none without one)."""
+    w = next((w for w in snap.get("workers") or [] if w.get("kind") == "exporter"), None)
+    st = (w or {}).get("stats") or {}
+    if not st:
+        return []
+    out = [f"export: sent {st.get('sent', 0)} batches, acked {st.get('acked', 0)}, pending {st.get('pending', 0)}, "
+           f"resent {st.get('resent', 0)}, rejected {st.get('rejected', 0)}; spool {human_bytes(st.get('spool_bytes', 0))}, "
+           f"dropped {st.get('spool_dropped_batches', 0)} batches ({st.get('spool_dropped_records', 0)} records)"]
+    for c in st.get("collectors") or []:
+        state = "connected" if c.get("connected") else "DISCONNECTED"
+        err = f", last error: {c['last_error']}" if c.get("last_error") else ""
+        out.append(f"  {c.get('endpoint')}: {state}, in flight {c.get('inflight', 0)}, acked {c.get('acked', 0)}{err}")
+    return out
 
 
 def _header(snap: dict, name: str, now: float, running: bool) -> Text:
