@@ -57,7 +57,29 @@ def to_toml(cfg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class AgentRun:
+class ChildRun:
+    """A capfan command run as a child process, its stderr in `errpath`."""
+
+    proc = None
+    errpath = ""
+
+    def log(self) -> str:
+        """What it wrote on stderr so far (this run only)."""
+        with open(self.errpath) as f:
+            f.seek(getattr(self, "_log_from", 0))
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=60.0) -> int:
+        """Signal it and wait; its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._err.close()
+
+
+class AgentRun(ChildRun):
     """`capfan agent -c CONFIG` as a child process; cfg gets run_dir/out/ring_dir filled in."""
 
     def __init__(self, tmp, cfg: dict, ring_dir: str, ns: str | None = None, name="t"):
@@ -93,11 +115,6 @@ class AgentRun:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, env=env, text=True)
         return self
 
-    def log(self) -> str:
-        """What the agent wrote on stderr so far."""
-        with open(self.errpath) as f:
-            return f.read()
-
     def status(self) -> dict | None:
         """The last status snapshot, or None."""
         try:
@@ -131,15 +148,6 @@ class AgentRun:
         rows = [w for w in status["workers"] if w["kind"] == kind and (consumer is None or w["consumer"] == consumer)]
         assert len(rows) == 1, rows
         return rows[0]
-
-    def stop(self, sig=signal.SIGTERM, timeout=60.0) -> int:
-        """Signal the agent and wait for it; its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._err.close()
 
     def wait(self, timeout=60.0) -> int:
         """Wait for the agent to exit on its own; its exit code."""

@@ -2,17 +2,16 @@
 config in a temporary directory, and a client of its HTTP API."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 
-from tests.agents.agentrun import REPO, to_toml
+from tests.agents.agentrun import REPO, ChildRun, to_toml
 from tests.conftest import wait_for
 
 
-class CollectorRun:
+class CollectorRun(ChildRun):
     """`capfan collect -c CONFIG`; listen/api addresses as given (inside `ns` when set)."""
 
     def __init__(self, tmp, listen, api="127.0.0.1:0", ns=None, security=None, name="col", **collector):
@@ -62,12 +61,6 @@ class CollectorRun:
                 return url
         return None
 
-    def log(self) -> str:
-        """What this run wrote on stderr so far (an earlier run with the same name wrote before)."""
-        with open(self.errpath) as f:
-            f.seek(getattr(self, "_log_from", 0))
-            return f.read()
-
     def get(self, path: str):
         """GET an API path (inside the namespace when there is one); the decoded JSON."""
         url = self.api_url + path
@@ -82,15 +75,6 @@ class CollectorRun:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{url}: {e.code} {e.read().decode()}") from None
-
-    def stop(self, sig=signal.SIGTERM, timeout=60) -> int:
-        """Signal it and wait; its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._err.close()
 
     def kill(self):
         """Make sure it is gone."""

@@ -123,17 +123,17 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_kill9_keeps_every_acked_batch_whole(tmp_path):
-    path = str(tmp_path / "crash.duckdb")
-    n = 3000
+def kill9_after(script: str, path: str, n: int, acks: int) -> list[int]:
+    """Run a child that ingests and prints each acked seq; SIGKILL it after `acks` of them; every
+    seq it printed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(n), Store.__module__], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", script, path, str(n), Store.__module__], stdout=subprocess.PIPE,
                             text=True, env=env)
     acked = []
     try:
         for line in proc.stdout:
             acked.append(int(line))
-            if len(acked) == 25:
+            if len(acked) == acks:
                 break
         os.kill(proc.pid, signal.SIGKILL)
         acked += [int(x) for x in proc.stdout]
@@ -141,6 +141,13 @@ def test_kill9_keeps_every_acked_batch_whole(tmp_path):
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    return acked
+
+
+def test_kill9_keeps_every_acked_batch_whole(tmp_path):
+    path = str(tmp_path / "crash.duckdb")
+    n = 3000
+    acked = kill9_after(CHILD, path, n, 25)
     s = Store(path)
     per_seq = {r["sport"]: r["flows"] for r in s.top(by="flows", group=["sport"], limit=10_000)}
     assert set(acked) <= set(per_seq)
@@ -279,21 +286,7 @@ CHILD_MANY = textwrap.dedent("""
 def test_kill9_checkpoint_and_data_stay_consistent(tmp_path):
     path = str(tmp_path / "crash-many.duckdb")
     n = 2000
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD_MANY, path, str(n), Store.__module__],
-                            stdout=subprocess.PIPE, text=True, env=env)
-    acked = []
-    try:
-        for line in proc.stdout:
-            acked.append(int(line))
-            if len(acked) == 8:
-                break
-        os.kill(proc.pid, signal.SIGKILL)
-        acked += [int(x) for x in proc.stdout]
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    acked = kill9_after(CHILD_MANY, path, n, 8)
     s = Store(path)
     group, last_seq = s.checkpoint()
     assert max(acked) <= group <= max(acked) + 1  # at most the transaction in flight when killed
