@@ -13,6 +13,7 @@ OPTIONAL = [
     ("src_pcap.c", "CAPFAN_HAVE_PCAP_SOURCE", [], []),
     ("src_afpacket.c", "CAPFAN_HAVE_AFPACKET", [], []),
     ("bpf.c", "CAPFAN_HAVE_LIBPCAP", ["pcap/pcap.h"], ["pcap"]),
+    ("src_snf.c", "CAPFAN_HAVE_SNF", [], ["dl"]),  # libsnf is dlopen()ed at run time
     ("src_afxdp.c", "CAPFAN_HAVE_AFXDP", ["xdp/xsk.h", "xdp/libxdp.h", "bpf/libbpf.h"], ["xdp", "bpf"]),
 ]
 
@@ -157,6 +158,7 @@ typedef struct capfan_source_stats {
     uint64_t packets, bytes, published, ring_drops, kernel_drops, kernel_freezes, malformed, truncated;
     uint64_t hw_timestamps, xdp_rx_invalid, xdp_rx_ring_full, xdp_fill_empty, loops_done, file_offset, file_bytes;
     uint32_t zerocopy, xdp_mode, eof, _pad;
+    uint64_t nic_drops, ring_overflows, shared_overflows;
 } capfan_source_stats;
 typedef struct capfan_source capfan_source;
 const char *capfan_source_kind(capfan_source *s);
@@ -180,6 +182,12 @@ typedef struct capfan_afxdp_opts {
 } capfan_afxdp_opts;
 capfan_source *capfan_afxdp_open(const capfan_afxdp_opts *o, capfan_producer *p);
 int capfan_afxdp_cleanup(const char *ifname);
+typedef struct capfan_snf_opts {
+    const char *lib_path; const char *ifname; uint32_t portnum; int32_t num_rings; int32_t queue;
+    int64_t dataring_size; int32_t app_id; int32_t flags; int32_t batch; uint16_t port;
+} capfan_snf_opts;
+capfan_source *capfan_snf_open(const capfan_snf_opts *o);
+int capfan_snf_batched(capfan_source *s);
 const char *capfan_source_backends(void);
 uint8_t *capfan_producer_arena(capfan_producer *p, uint64_t *len);
 """

@@ -68,6 +68,9 @@ const char *capfan_source_backends(void) {
 #ifdef CAPFAN_HAVE_AFXDP
            " afxdp"
 #endif
+#ifdef CAPFAN_HAVE_SNF
+           " snf"
+#endif
         ;
 }
 
@@ -97,5 +100,18 @@ capfan_source *capfan_afxdp_open(const capfan_afxdp_opts *o, capfan_producer *p)
 int capfan_afxdp_cleanup(const char *ifname) {
     (void)ifname;
     return capfan_set_error(CAPFAN_ENOTSUP, "this capfan was built without AF_XDP");
+}
+#endif
+
+#ifndef CAPFAN_HAVE_SNF
+capfan_source *capfan_snf_open(const capfan_snf_opts *o) {
+    (void)o;
+    capfan_set_error(CAPFAN_ENOTSUP, "this capfan was built without the SNF backend");
+    return NULL;
+}
+
+int capfan_snf_batched(capfan_source *s) {
+    (void)s;
+    return 0;
 }
 #endif

@@ -31,6 +31,9 @@ typedef struct capfan_source_stats {
     uint32_t xdp_mode;         /* AF_XDP: 1 skb (generic), 2 native driver */
     uint32_t eof;              /* replay finished */
     uint32_t _pad;
+    uint64_t nic_drops;        /* SNF: packets the NIC dropped/overflowed, port-wide (same on every ring) */
+    uint64_t ring_overflows;   /* SNF: packets lost because this SNF ring was full (also in kernel_drops) */
+    uint64_t shared_overflows; /* SNF: packets lost because the library's shared buffering was full */
 } capfan_source_stats;
 
 typedef struct capfan_source capfan_source;
@@ -92,6 +95,23 @@ typedef struct capfan_afxdp_opts {
 capfan_source *capfan_afxdp_open(const capfan_afxdp_opts *o, capfan_producer *p);
 /* Remove XDP programs capfan left on an interface (after a crash); returns how many. */
 int capfan_afxdp_cleanup(const char *ifname);
+
+/* ---- Myricom/CSPi SNF (src_snf.c; libsnf is loaded at run time, nothing needed to build) ---- */
+typedef struct capfan_snf_opts {
+    const char *lib_path;    /* NULL: $CAPFAN_SNF_LIB, else /opt/snf/lib/libsnf.so */
+    const char *ifname;      /* SNF port by name (snf_getifaddrs), or NULL to use portnum */
+    uint32_t portnum;
+    int32_t num_rings;       /* rings of the port for this application (0 = library default) */
+    int32_t queue;           /* the ring id this source reads, 0..num_rings-1 */
+    int64_t dataring_size;   /* bytes (>= 1 MiB), 0 = library default */
+    int32_t app_id;          /* -1 none; else every application id gets all traffic */
+    int32_t flags;           /* SNF open flags, -1 = default (PSHARED when num_rings > 1) */
+    int32_t batch;           /* 1 = use recv_many/return_many when the library has them */
+    uint16_t port;           /* descriptor port value */
+} capfan_snf_opts;
+capfan_source *capfan_snf_open(const capfan_snf_opts *o);
+/* 1 if this source borrows packets in batches (recv_many), 0 if it receives one at a time. */
+int capfan_snf_batched(capfan_source *s);
 
 /* Backends compiled into this build, e.g. "pcap afpacket afxdp". */
 const char *capfan_source_backends(void);

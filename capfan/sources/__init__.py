@@ -11,7 +11,8 @@ from capfan import errors
 from capfan._capfan_core import ffi, lib
 
 SOURCES: dict[str, type["Source"]] = {}
-_MODULES = {"pcap": "capfan.sources.pcap", "afpacket": "capfan.sources.afpacket", "afxdp": "capfan.sources.afxdp"}
+_MODULES = {"pcap": "capfan.sources.pcap", "afpacket": "capfan.sources.afpacket", "afxdp": "capfan.sources.afxdp",
+            "snf": "capfan.sources.snf"}
 
 _EEOF = 10
 
@@ -55,7 +56,8 @@ def raise_last(default=errors.SourceError):
 
 STAT_FIELDS = ("packets", "bytes", "published", "ring_drops", "kernel_drops", "kernel_freezes", "malformed",
                "truncated", "hw_timestamps", "xdp_rx_invalid", "xdp_rx_ring_full", "xdp_fill_empty",
-               "loops_done", "file_offset", "file_bytes", "zerocopy", "xdp_mode", "eof")
+               "loops_done", "file_offset", "file_bytes", "zerocopy", "xdp_mode", "eof", "nic_drops",
+               "ring_overflows", "shared_overflows")
 
 
 class Source:
