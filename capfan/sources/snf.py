@@ -63,6 +63,8 @@ class SnfSource(Source):
         portnum = 0
         if isinstance(board, str) and not board.strip().lstrip("-").isdigit():
             ifname, board = board.strip(), None
+        elif isinstance(ifname, str) and ifname.strip().isdigit():  # `capfan capture -i 1`: port 1
+            ifname, board = None, ifname.strip()
         if board is not None:
             portnum = parse_int("board", board, 0, 2**32 - 1)
         if ifname is not None and (not isinstance(ifname, str) or not ifname):

@@ -32,13 +32,14 @@ T0_NS = 1_700_000_000_123_456_789
 
 @pytest.fixture(scope="session")
 def emul_builds(tmp_path_factory):
-    """The emulation compiled twice: with borrow-many receive, and without it."""
+    """The emulation compiled three times: complete, without borrow-many receive, without
+    snf_version_api."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.fail("no C compiler (cc) to build the SNF emulation")
     d = tmp_path_factory.mktemp("emul_snf")
     out = {}
-    for name, extra in (("many", []), ("single", ["-DEMUL_NO_RECV_MANY"])):
+    for name, extra in (("many", []), ("single", ["-DEMUL_NO_RECV_MANY"]), ("noversion", ["-DEMUL_NO_VERSION_API"])):
         so = d / f"libsnf-{name}.so"
         subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(so), str(EMUL_SRC), "-lpthread"] + extra,
                        check=True)
@@ -256,6 +257,26 @@ def test_version_mismatch_is_refused(emul, ring_dir, api, pattern):
     emul.mp.setenv("CAPFAN_SNF_EMUL_API", api)
     with pytest.raises(errors.SourceNotSupported, match=pattern):
         SnfSource(0, lib=emul.lib())
+
+
+def test_version_refused_by_snf_init(emul, ring_dir):
+    """A library without snf_version_api: snf_init's EINVAL (other major version) is reported."""
+    emul.wire(traffic(1, 1))
+    emul.mp.setenv("CAPFAN_SNF_EMUL_API", "0x0208")
+    with pytest.raises(errors.SourceNotSupported, match=r"refused API 0x0008 \(snf_init: EINVAL\) and does not "
+                                                         r"report its own version"):
+        SnfSource(0, lib=emul.lib("noversion"))
+    emul.mp.setenv("CAPFAN_SNF_EMUL_API", "0x0008")
+    with SnfSource(0, lib=emul.lib("noversion")) as src:
+        assert src.batched
+
+
+def test_numeric_ifname_is_a_port_number(emul, ring_dir):
+    emul.wire(traffic(1, 1))
+    with SnfSource(ifname="0", lib=emul.lib()) as src:
+        assert src.options["board"] == 0 and src.options["ifname"] is None
+    with pytest.raises(errors.CapfanError, match=r"eth9 is not an SNF port \(SNF ports: snf0\)"):
+        open_source("snf", ifname="eth9", lib=emul.lib())
 
 
 def test_missing_library_names_path_and_env_var(backend, tmp_path, monkeypatch):

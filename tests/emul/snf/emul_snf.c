@@ -23,7 +23,8 @@
  *   - EAGAIN when nothing arrived within the timeout (0 = poll).
  *   - $CAPFAN_SNF_EMUL_API sets the API version the library speaks (default 0x0008);
  *     snf_init refuses a different major byte with EINVAL, as documented.
- *   - built with -DEMUL_NO_RECV_MANY the library lacks snf_ring_recv_many/return_many.
+ *   - built with -DEMUL_NO_RECV_MANY the library lacks snf_ring_recv_many/return_many; with
+ *     -DEMUL_NO_VERSION_API it lacks snf_version_api (only snf_init tells a mismatch).
  *   - SNF_NUM_RINGS, SNF_DATARING_SIZE, SNF_FLAGS and SNF_APP_ID are honoured like the real
  *     library documents (defaults when the open arguments ask for them; SNF_APP_ID overrides).
  */
@@ -301,7 +302,9 @@ static void fill_qinfo(const snf_ring *r, struct snf_ring_qinfo *qi) {
 }
 
 /* ---------------------------------------------------------------- the API */
+#ifndef EMUL_NO_VERSION_API
 uint16_t snf_version_api(void) { return api_version(); }
+#endif
 
 int snf_init(uint16_t api) {
     if ((api & 0xff00) != (api_version() & 0xff00)) return EINVAL;
