@@ -502,10 +502,23 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
         capfan_set_error(CAPFAN_ESYS, "out of memory for %u ef_vi buffers", e->nbufs);
         goto fail;
     }
-    /* packets a previous producer left in the ring keep their buffers until reclaimed; the
-     * ring's contents are otherwise not trusted (a crash may leave any offsets): start clean */
-    capfan_producer_reclaim(p, capfan_producer_head(p));
-    for (uint32_t b = e->nbufs; b-- > 0;) e->free_bufs[e->nfree++] = b;
+    /* packets a previous producer left in the ring (between tail and head, e.g. after a crash)
+     * keep their buffers until reclaimed; the other buffers start free */
+    {
+        const capfan_desc *d = capfan_ring_desc(capfan_producer_ring(p));
+        uint64_t mask = rs.ndesc - 1, head = capfan_producer_head(p);
+        for (uint64_t q = capfan_producer_tail(p); q < head; q++) {
+            const capfan_desc *x = &d[q & mask];
+            uint64_t b = x->off / BUF_STRIDE;
+            if (x->seq != q || b >= e->nbufs || e->posted[b]) continue;
+            e->posted[b] = 0xff; /* busy marker, cleared below */
+            fifo_push(e, q, (uint32_t)b);
+        }
+        for (uint32_t b = e->nbufs; b-- > 0;) {
+            if (e->posted[b]) e->posted[b] = 0;
+            else e->free_bufs[e->nfree++] = b;
+        }
+    }
 
     int rc = ef_driver_open(&e->dh);
     if (rc < 0) {

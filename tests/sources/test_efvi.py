@@ -193,14 +193,15 @@ def setup(backend, emul_lib, ring_dir, tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     drivers = []
 
-    def make(frames, env=None, ndesc=1 << 12, arena=8 << 20, full_policy="block", **kw):
+    def make(frames, env=None, ndesc=1 << 12, arena=8 << 20, full_policy="block", ring=None, **kw):
         pcap = tmp_path / "wire.pcap"
         write_pcap_ns(pcap, frames)
         monkeypatch.setenv("CAPFAN_EFVI_EMUL_PCAP", str(pcap))
         for k, v in (env or {}).items():
             monkeypatch.setenv(k, str(v))
-        name = f"efvi{len(drivers)}"
-        ringlib.create(name, ndesc=ndesc, arena_bytes=arena, full_policy=full_policy)
+        name = ring or f"efvi{len(drivers)}"
+        if ring is None:
+            ringlib.create(name, ndesc=ndesc, arena_bytes=arena, full_policy=full_policy)
         d = Driver(emul_lib, tmp_path, name, **kw)
         drivers.append(d)
         return d, name
@@ -389,3 +390,22 @@ def test_buffers_reclaimed_only_after_consumer_release(setup):
         got += [g[4] for g in drain(c)]
     got += [g[4] for g in drain(c)]
     assert snapshot + got == [f for _, f in frames]
+
+
+def test_restarted_producer_keeps_buffers_a_consumer_holds(setup):
+    """After the capture restarts on the same ring, packets a reliable consumer still holds keep
+    their buffers: the new source does not post them to the NIC."""
+    first = traffic(40)
+    d, name = setup(first, ndesc=1 << 10, arena=64 * 2048, rxq_size=16)
+    c = ringlib.Consumer(name, "holder", policy="reliable", stall_budget_us=60_000_000)
+    d.run(max_idle=20)
+    held = c.next(timeout=0.5, max_packets=8)
+    assert held is not None and len(held) == 8
+    snapshot = [bytes(held.packet(i)) for i in range(len(held))]
+    d.close()
+    second = [(ts, f[:-4] + b"NEW!") for ts, f in traffic(300, size=200)]
+    d2, _ = setup(second, ring=name, rxq_size=16)
+    for _ in range(40):
+        d2.step(1_000_000)
+    assert [bytes(held.packet(i)) for i in range(len(held))] == snapshot
+    assert snapshot == [f for _, f in first[:8]]
