@@ -15,6 +15,8 @@ OPTIONAL = [
     ("bpf.c", "CAPFAN_HAVE_LIBPCAP", ["pcap/pcap.h"], ["pcap"]),
     ("src_snf.c", "CAPFAN_HAVE_SNF", [], ["dl"]),  # libsnf is dlopen()ed at run time
     ("src_afxdp.c", "CAPFAN_HAVE_AFXDP", ["xdp/xsk.h", "xdp/libxdp.h", "bpf/libbpf.h"], ["xdp", "bpf"]),
+    # Solarflare/AMD ef_vi: only with Onload's etherfabric headers and libciul installed
+    ("src_efvi.c", "CAPFAN_HAVE_EFVI", ["etherfabric/vi.h", "etherfabric/pd.h", "etherfabric/memreg.h"], ["ciul"]),
 ]
 
 
