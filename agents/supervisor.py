@@ -90,6 +90,8 @@ class Supervisor:
         self._metrics = None
         self._status = None
         self._health: dict = {}
+        self._last_snapshot: dict | None = None
+        self._created: list[str] = []
         self._say = on_event or (lambda msg: log.warning(msg))
         self._env = dict(os.environ, CAPFAN_RING_DIR=cfg.ring_dir, CAPFAN_RUN_DIR=cfg.run_dir)
 
@@ -221,7 +223,6 @@ class Supervisor:
     def run(self) -> int:
         """Start everything, supervise until stopped, shut down cleanly; the exit code."""
         old = self._install_signals()
-        self._created: list[str] = []
         code = 0
         try:
             self._prepare_dirs()
@@ -344,8 +345,7 @@ class Supervisor:
 
     def snapshot(self) -> dict:
         """The current status snapshot (last one written; built fresh before the first)."""
-        snap = getattr(self, "_last_snapshot", None)
-        return snap if snap is not None else self._build_snapshot()
+        return self._last_snapshot if self._last_snapshot is not None else self._build_snapshot()
 
     def _build_snapshot(self) -> dict:
         agent = {"name": self.cfg.name, "pid": os.getpid(), "config": self.cfg.path, "started": self.started,
@@ -367,7 +367,7 @@ class Supervisor:
         from capfan.agents.snapshot import health_records  # noqa: PLC0415
 
         e = self.cfg.exporter
-        snap = self._last_snapshot if getattr(self, "_last_snapshot", None) else self._build_snapshot()
+        snap = self.snapshot()
         for ring, rec in health_records(snap).items():
             w = self._health.get(ring)
             if w is None:
@@ -431,10 +431,10 @@ class Supervisor:
         e = self.cfg.exporter
         deadline = time.monotonic() + e.drain_timeout
         while time.monotonic() < deadline and not self.hurry:
-            if spooled_batches(e.spool_dir) == 0:
+            if _unacked(e.spool_dir) == 0:
                 return
             time.sleep(POLL_S)
-        left = spooled_batches(e.spool_dir)
+        left = _unacked(e.spool_dir)
         if left:
             self._say(f"warning: {left} record batch(es) not yet acknowledged after {e.drain_timeout:g} s "
                       f"(export.drain_timeout); they stay in {e.spool_dir} and are sent on the next start")
@@ -478,15 +478,12 @@ class Supervisor:
             self._say(f"agent {self.cfg.name} stopped; rings {', '.join(self._created)} removed")
 
 
-def spooled_batches(spool_dir: str) -> int:
+def _unacked(spool_dir: str) -> int:
     """Batches in a spool not yet acknowledged (incoming + outgoing)."""
-    n = 0
-    for sub in ("incoming", "outgoing"):
-        try:
-            n += sum(1 for f in os.listdir(os.path.join(spool_dir, sub)) if f.endswith(".batch"))
-        except FileNotFoundError:
-            pass
-    return n
+    from capfan.agents.spool import spool_stats  # noqa: PLC0415 - only when exporting
+
+    st = spool_stats(spool_dir)
+    return st["incoming_batches"] + st["outgoing_batches"]
 
 
 def _remove_stale_xdp(iface: str | None) -> None:

@@ -20,7 +20,6 @@ import time
 from capfan import errors
 
 REPORT_EVERY_S = 1.0
-RUN_SLICE_S = 0.1
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
 
 
@@ -71,23 +70,13 @@ class Reporter:
         write_state(self.path, self.state)
 
 
-class _Stop:
-    def __init__(self):
-        self.flag = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._set)
-
-    def _set(self, *_):
-        self.flag = True
-
-
 def run_capture(spec: dict, rep: Reporter) -> int:
     """Capture into the ring until SIGTERM (exit 0) or the end of a replay (exit 0, state done)."""
     from capfan import ring as ringlib  # noqa: PLC0415 - the C core loads after pinning
-    from capfan.capturecli import open_capture_source  # noqa: PLC0415
+    from capfan.capturecli import StopOnSignal, capture_loop, open_capture_source  # noqa: PLC0415
     from capfan.sources import source_class  # noqa: PLC0415
 
-    stop = _Stop()
+    stop = StopOnSignal().install()
     opts = dict(spec["options"])
     if spec["source"] == "pcap":
         src = source_class("pcap")(**opts)
@@ -98,16 +87,10 @@ def run_capture(spec: dict, rep: Reporter) -> int:
         src.prepare(producer)
         describe = src.describe() if hasattr(src, "describe") else f"{spec['source']} {spec['interface']}"
         rep.update(ready=True, state="running", describe=describe, stats=_capture_stats(src, producer))
-        next_report = time.monotonic() + REPORT_EVERY_S
-        ended = False
-        while not stop.flag:
-            if src.run(producer, duration=RUN_SLICE_S) < 0:
-                ended = True
-                break
-            if time.monotonic() >= next_report:
-                rep.update(stats=_capture_stats(src, producer))
-                next_report = time.monotonic() + REPORT_EVERY_S
-        rep.update(state="done" if ended else "stopped", stats=_capture_stats(src, producer))
+        # `capfan capture`'s loop: slices in C, a tick (here: the state file) every second
+        capture_loop(src, producer, None, None, stop, lambda: rep.update(stats=_capture_stats(src, producer)))
+        # without a count or a duration the loop ends on a signal or at the end of a replay
+        rep.update(state="stopped" if stop else "done", stats=_capture_stats(src, producer))
     finally:
         producer.close()
         src.close()
@@ -160,11 +143,12 @@ def run_exporter(spec: dict, rep: Reporter) -> int:
     """Ship the spool to the collectors until SIGTERM (the supervisor waits for the spool to
     drain before it sends that)."""
     from capfan.agents.exporter import Exporter  # noqa: PLC0415
+    from capfan.capturecli import StopOnSignal  # noqa: PLC0415
 
-    stop = _Stop()
+    stop = StopOnSignal().install()
     exp = Exporter(spec["spool_dir"], spec["host"], spec["collectors"], spec["curve"], window=spec["window"])
     rep.update(ready=True, state="running", stats=exp.stats())
-    exp.run(lambda: stop.flag, report=lambda st: rep.update(stats=st), report_every=REPORT_EVERY_S)
+    exp.run(lambda: bool(stop), report=lambda st: rep.update(stats=st), report_every=REPORT_EVERY_S)
     rep.update(state="stopped", stats=exp.stats())
     return 0
 

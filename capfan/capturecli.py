@@ -28,7 +28,7 @@ ETHERNET = 1
 FANOUT_CHOICES = ("hash", "lb", "cpu", "rollover", "random", "qm")
 
 
-class _Stop:
+class StopOnSignal:
     """Set by SIGINT/SIGTERM; the capture loop checks it between slices."""
 
     def __init__(self):
@@ -151,7 +151,7 @@ def status_line(iface: str, ring: str, st: dict, meter: Meter) -> Text:
                 f"kernel drops {st['kernel_drops']}  ring drops {st['ring_drops']}  {meter.elapsed():.1f} s")
 
 
-def capture_loop(src, producer, count: int | None, duration: float | None, stop: _Stop, tick) -> None:
+def capture_loop(src, producer, count: int | None, duration: float | None, stop: "StopOnSignal", tick) -> None:
     """Receive until count packets were published, duration passed, a signal came or a replay ended."""
     start = time.monotonic()
     published = 0
@@ -253,7 +253,7 @@ def _capture(iface, ring_name, kind, queue, count, duration, bpf, fanout, fanout
     ringlib.ring_path(ring_name)  # bad ring names fail before anything is opened
     for w in interface_warnings(iface, kw):
         click.echo(f"capfan: warning: {w}", err=True)
-    stop = _Stop().install()
+    stop = StopOnSignal().install()
     src = producer = None
     try:
         src = open_capture_source(kind, iface, kw)

@@ -68,12 +68,11 @@ def free_port() -> int:
 
 
 def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+    """CPU seconds a process used so far (NaN once it is gone)."""
+    from capfan.agents.snapshot import proc_cpu_rss  # noqa: PLC0415
+
+    got = proc_cpu_rss(pid)
+    return got[0] if got else float("nan")
 
 
 def _send_all(endpoint: str, messages, window: int, timeout: float = 300.0) -> float:
