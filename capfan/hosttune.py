@@ -317,7 +317,7 @@ def plan_iface(st: IfaceState, want: IfacePlanInput) -> list[Action]:
     queues = plan_queues(st, want.queues)
     n = want.queues or st.rx_queue_count()
     table = plan_rss_table(st, n)
-    shrinking = queues.status == CHANGE and want.queues is not None and want.queues < (st.rx_queue_count() or 0)
+    shrinking = queues.status == table.status == CHANGE and want.queues is not None and want.queues < (st.rx_queue_count() or 0)
     # a table that names queues about to go away must change first; a growing one after
     out = [table, queues] if shrinking else [queues, table]
     out.append(plan_rss_key(st))
@@ -347,8 +347,9 @@ def plan_queues(st: IfaceState, wanted: int | None) -> Action:
     rx_max = ch.maximum.get("rx") or 0
     top = combined_max or rx_max
     if wanted > top:
-        a.status = UNSUPPORTED
-        a.note = f"{st.name} has at most {top} receive queues ({st.driver_name})"
+        a.status = MANUAL
+        a.note = (f"{st.name} has at most {top} receive queues ({st.driver_name}): capture fewer queues "
+                  "(--queues, or the config's queue list)")
         return a
     if have == wanted:
         return a
