@@ -379,7 +379,7 @@ def place(requests: list[PinRequest], allowed: set[int] | None = None,
             f"{req.label} on CPU {cpu} shares the core with {irqs} of {req.iface} queue "
             f"{req.queue}: the queue's interrupt and softirq work competes with the capture loop; "
             f"move the IRQ to another core (`{moves}`, and keep irqbalance from moving it back), "
-            "or use `capfan tune` later")
+            "or let `capfan tune -c CONFIG --apply` do it")
     return cpus, warnings
 
 

@@ -24,6 +24,7 @@ def _read(path: str) -> str | None:
 
 
 def _int(text: str | None) -> int | None:
+    """The first number in text; None when there is none."""
     try:
         return int(text.split()[0]) if text else None
     except ValueError:

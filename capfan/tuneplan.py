@@ -108,7 +108,8 @@ def tune_plan(tg: Target) -> list[T.Action]:
     if any(a.item.startswith("irq ") and a.status in (T.OK, T.CHANGE) for a in out) and P.irqbalance_running():
         out.append(T.Action("host", "irqbalance", T.MANUAL, current="running", wanted="stopped", note=(
             "irqbalance moves the pinned IRQs back; stop it or ban the capture IRQs from it"),
-            commands=[T.Command("systemctl disable --now irqbalance")]))
+            commands=[T.Command("systemctl disable --now irqbalance",
+                                argv=["systemctl", "disable", "--now", "irqbalance"])]))
     return out
 
 

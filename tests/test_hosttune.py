@@ -364,3 +364,35 @@ def test_apply_runs_verifies_and_names_failures(tmp_path):
 def test_target_rejects_bad_queue_args():
     with pytest.raises(Exception, match="needs an interface"):
         tuneplan.target([], None, queues=2)
+
+
+def test_target_from_agent_config(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("""
+[agent]
+ring_dir = "/dev/shm"
+[[capture]]
+interface = "eth9"
+queues = [0, 1]
+cpus = [1, 0]
+[capture.ring]
+ndesc = 4096
+arena = "8M"
+[[capture]]
+name = "lo"
+interface = "lo"
+source = "afxdp"
+options = { busy_poll = true }
+""")
+    tg = tuneplan.target([], str(cfg))
+    assert tg.ifaces == ["eth9", "lo"]
+    eth9, lo = tg.wants["eth9"], tg.wants["lo"]
+    # the queue count the queue list needs, and each queue's capture CPU from the agent's placement
+    assert (eth9.queues, eth9.queue_cpus, eth9.afxdp_busy_poll) == (2, {0: 1, 1: 0}, False)
+    # queues = "all": the queues the interface has now (lo: one)
+    assert lo.queues == 1 and lo.afxdp_busy_poll and set(lo.queue_cpus) == {0}
+    assert tg.rings == [(4096, 8 << 20), (4096, 8 << 20), (65536, 64 << 20)]
+    assert tg.ring_files == ["/dev/shm/capfan.eth9.q0", "/dev/shm/capfan.eth9.q1", "/dev/shm/capfan.lo.q0"]
+    assert tg.sources == {"afpacket", "afxdp"} and tg.afxdp_arena == 64 << 20 and tg.afxdp_busy_poll
+    # --queues overrides the config for the named interface
+    assert tuneplan.target(["eth9"], str(cfg), queues=4).wants["eth9"].queues == 4
