@@ -337,6 +337,10 @@ def plan_queues(st: IfaceState, wanted: int | None) -> Action:
         a.note = f"queue count not settable: not supported by {st.driver_name}" + _why(st.channels_error)
         return a
     have = st.rx_queue_count()
+    if have is None:
+        a.status = UNSUPPORTED
+        a.note = f"{st.driver_name} reports no receive channels (ethtool -l)"
+        return a
     a.current = str(have)
     if wanted is None:
         a.status, a.wanted = INFO, str(have)

@@ -58,8 +58,8 @@ def tune(ifaces, config, queues, do_apply, as_json):
     """
     config = tuneplan.check_config_path(config)
     tg = tuneplan.target(list(ifaces), config, queues)
-    plan = tuneplan.tune_plan(tg)
     if not do_apply:
+        plan = tuneplan.tune_plan(tg)
         if as_json:
             click.echo(json.dumps({"apply": False, "config": config, "actions": [a.to_json() for a in plan]},
                                   indent=2))

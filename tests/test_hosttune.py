@@ -396,3 +396,9 @@ options = { busy_poll = true }
     assert tg.sources == {"afpacket", "afxdp"} and tg.afxdp_arena == 64 << 20 and tg.afxdp_busy_poll
     # --queues overrides the config for the named interface
     assert tuneplan.target(["eth9"], str(cfg), queues=4).wants["eth9"].queues == 4
+
+
+def test_queues_without_receive_channels():
+    st = state(channels=T.parse_channels(VETH_L.replace("RX:\t\t1", "RX:\t\tn/a")))
+    a = T.plan_queues(st, 2)
+    assert a.status == T.UNSUPPORTED and "no receive channels" in a.note
