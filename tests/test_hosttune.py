@@ -402,3 +402,26 @@ def test_queues_without_receive_channels():
     st = state(channels=T.parse_channels(VETH_L.replace("RX:\t\t1", "RX:\t\tn/a")))
     a = T.plan_queues(st, 2)
     assert a.status == T.UNSUPPORTED and "no receive channels" in a.note
+
+
+def test_hostprobe_readers_on_a_fake_tree(tmp_path):
+    from capfan import hostprobe as P
+    proc, sysfs = tmp_path / "proc", tmp_path / "sys"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self/mounts").write_text("tmpfs /dev/shm tmpfs rw 0 0\nnone /srv/huge hugetlbfs rw,pagesize=2M 0 0\n")
+    (proc / "meminfo").write_text("MemTotal: 1000 kB\nHugepagesize:       2048 kB\n")
+    pool = sysfs / "kernel/mm/hugepages/hugepages-2048kB"
+    pool.mkdir(parents=True)
+    for name, v in (("nr_hugepages", 20), ("free_hugepages", 12), ("resv_hugepages", 2)):
+        (pool / name).write_text(f"{v}\n")
+    hp = P.observe_hugepages("/srv/huge/rings", [], sysfs=str(sysfs), proc=str(proc))
+    assert (hp.hugetlbfs, hp.total, hp.free, hp.page_bytes) == (True, 20, 10, 2 << 20)
+    assert not P.observe_hugepages("/dev/shm", [], sysfs=str(sysfs), proc=str(proc)).hugetlbfs
+    (proc / "sys/net/core").mkdir(parents=True)
+    (proc / "sys/net/core/busy_poll").write_text("25\n")
+    assert P.read_sysctls(["net.core.busy_poll", "net.core.busy_read"], proc=str(proc)) == {
+        "net.core.busy_poll": 25, "net.core.busy_read": None}
+    assert not P.irqbalance_running(str(proc))
+    (proc / "812").mkdir()
+    (proc / "812/comm").write_text("irqbalance\n")
+    assert P.irqbalance_running(str(proc))
