@@ -271,42 +271,24 @@ def parse_driver(text: str) -> str | None:
 
 def parse_interrupts(text: str) -> dict[int, list[str]]:
     """/proc/interrupts text -> IRQ number -> action names (a shared IRQ lists several)."""
-    names: dict[int, list[str]] = {}
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) < 3 or not parts[0].endswith(":") or not parts[0][:-1].isdigit():
-            continue  # the CPU header and the NMI/LOC/... rows
-        actions = [parts[-1]]
-        i = len(parts) - 2
-        while i > 0 and parts[i].endswith(","):  # "eth0-rx-0, eth0-tx-0" on one line
-            actions.insert(0, parts[i][:-1])
-            i -= 1
-        names[int(parts[0][:-1])] = actions
-    return names
+    from capfan.agents.placement import parse_interrupts as parse  # noqa: PLC0415 - one parser for both
+    return parse(text)
 
 
 def queue_irqs(names: dict[int, list[str]], tokens: list[str], msi: set[int] | None,
                affinity: dict[int, set[int]]) -> list[Irq]:
     """The receive-queue vectors of a device among `names` (tokens: interface name, PCI address,
     virtio device), each with its queue number; msi limits the search to the device's vectors."""
-    from capfan.agents.placement import _COMP_RE, _RX_KINDS, _SUFFIX_RE, _VIRTIO_RE, _mentions  # noqa: PLC0415
+    from capfan.agents.placement import irq_queue  # noqa: PLC0415 - the agent's own naming rules
     out = []
     for irq, actions in sorted(names.items()):
         if msi is not None and irq not in msi:
             continue
         for name in actions:
-            if not any(_mentions(name, t) for t in tokens):
-                continue
-            m = _COMP_RE.search(name) or _VIRTIO_RE.search(name)
-            if m:
-                queue = int(m.group(1))
-            else:
-                m = _SUFFIX_RE.search(name)
-                if not m or (m.group("kind") or "").lower() not in _RX_KINDS:
-                    continue
-                queue = int(m.group("q"))
-            out.append(Irq(irq=irq, name=name, queue=queue, cpus=set(affinity.get(irq, set()))))
-            break
+            queue = irq_queue(name, tokens)
+            if queue is not None:
+                out.append(Irq(irq=irq, name=name, queue=queue, cpus=set(affinity.get(irq, set()))))
+                break
     return out
 
 
