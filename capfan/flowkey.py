@@ -61,17 +61,25 @@ def _key_problem(dtype: np.dtype) -> str | None:
     return None
 
 
-def mix64(z: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on a uint64 array (wraps modulo 2**64)."""
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
+def mix64(z: np.ndarray, tmp: np.ndarray | None = None) -> np.ndarray:
+    """The splitmix64 finaliser, in place on a uint64 array z (wraps modulo 2**64); returns z."""
+    tmp = np.empty_like(z) if tmp is None else tmp
+    for shift, mul in ((_S30, _M1), (_S27, _M2)):
+        np.right_shift(z, shift, out=tmp)
+        z ^= tmp
+        z *= mul
+    np.right_shift(z, _S31, out=tmp)
+    z ^= tmp
+    return z
+
+
+_HALVES = np.dtype([("hi", ">u8"), ("lo", ">u8")])
 
 
 def _halves(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(hi, lo): the big-endian 64-bit halves of a column of 16-byte addresses."""
-    be = np.ascontiguousarray(col).view(">u8").reshape(-1, 2).astype(np.uint64)
-    return be[:, 0], be[:, 1]
+    be = col.view(_HALVES)  # same item size: works on the strided column, no copy
+    return be["hi"].astype(np.uint64), be["lo"].astype(np.uint64)
 
 
 def flow_hash(records: np.ndarray) -> np.ndarray:
@@ -94,8 +102,10 @@ def flow_hash(records: np.ndarray) -> np.ndarray:
     proto = records["protocolIdentifier"].astype(np.uint64) & np.uint64(0xFF)
     last = (ap << np.uint64(48)) | (bp << np.uint64(32)) | (vlan << np.uint64(8)) | proto
     h = np.full(len(records), SEED, dtype=np.uint64)
+    tmp = np.empty_like(h)
     for w in (a_hi, a_lo, b_hi, b_lo, last):
-        h = mix64(h ^ w)
+        h ^= w
+        mix64(h, tmp)
     return h
 
 
