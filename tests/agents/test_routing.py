@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
-from capfan import records, wire
-from capfan.agents import exporter, spool
+from capfan import records, statuscli, wire
+from capfan.agents import exporter, metrics, spool
 from capfan.agents.routing import FlowHashSplit
 from capfan.flowkey import flow_shard
 from tests.agents.test_exporter import HOST, Running, free_port, make
@@ -195,6 +196,19 @@ def test_each_collector_gets_its_flows_and_every_health_record(tmp_path):
     assert [p["records_acked"] for p in per] == [int((shard == i).sum()) + len(HEALTH) for i in range(2)]
     assert [p["acked"] for p in per] == [7, 7]
     assert sum(p["records_sent"] for p in per) == len(every) + 2 * len(HEALTH)
+    # `capfan status` and /metrics show each collector's share
+    snap = {"workers": [{"id": "exporter", "kind": "exporter", "state": "running", "stats": st}]}
+    lines = statuscli.export_lines(snap)
+    assert lines[0].startswith("export (flows routed by flow hash): sent ")
+    for i, p in enumerate(ports):
+        line = next(ln for ln in lines if f"tcp://127.0.0.1:{p}:" in ln)
+        assert f"sent {per[i]['sent']}, acked 7 ({per[i]['records_acked']} records)" in line, line
+    fams = {s.name: s for f in text_string_to_metric_families(metrics.render(snap)) for s in f.samples
+            if s.labels.get("endpoint") == f"tcp://127.0.0.1:{ports[1]}"}
+    assert fams["capfan_export_collector_acked_records_total"].value == per[1]["records_acked"]
+    assert fams["capfan_export_collector_sent_records_total"].value == per[1]["records_sent"]
+    assert fams["capfan_export_collector_acked_batches_total"].value == 7
+    assert fams["capfan_export_collector_sent_batches_total"].value == per[1]["sent"]
 
 
 def test_a_collector_that_is_down_keeps_only_its_parts_spooled(tmp_path):
