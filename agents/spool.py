@@ -86,9 +86,10 @@ def read_header(path: str) -> dict:
     """Only the JSON header of a spool file ({} if unreadable): record counts for the counters."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
-        nl = head.find(b"\n", len(MAGIC))
-        return json.loads(head[len(MAGIC):nl]) if head.startswith(MAGIC) and nl > 0 else {}
+            if f.read(len(MAGIC)) != MAGIC:
+                return {}
+            line = f.readline(1 << 20)  # a split batch's header grows with the number of collectors
+        return json.loads(line) if line.endswith(b"\n") else {}
     except (OSError, ValueError):
         return {}
 
@@ -533,12 +534,10 @@ class Spool:
         file is unreadable: load_parts decides then)."""
         if seq in self._due:
             return self._due.pop(seq)
+        meta = read_header(self._path(seq))
         try:
-            with open(self._path(seq), "rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    return None
-                layout = _parts_of(json.loads(f.readline()), self._path(seq))
-        except (OSError, ValueError, SpoolError):
+            layout = _parts_of(meta, self._path(seq)) if meta else None
+        except (KeyError, SpoolError):
             return None
         return None if layout is None else tuple(ep for ep, _, _ in layout)
 
