@@ -464,7 +464,8 @@ class Spool:
             if parts is None:
                 frames = wire.encode(batch, self.codec)
             else:
-                encoded = {ep: wire.encode(dataclasses.replace(batch, records=r), self.codec) for ep, r in parts.items()}
+                encoded = {ep: wire.encode(dataclasses.replace(batch, records=r), self.codec)
+                           for ep, r in parts.items()}
                 frames = [f for fs in encoded.values() for f in fs]
         except (CapfanError, ValueError, KeyError, TypeError, OSError) as e:
             log.warning("spool batch %d cannot be encoded, moved to rejected/: %s", seq, e)

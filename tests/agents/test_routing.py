@@ -1,6 +1,7 @@
 """route = "flow-hash": splitting flow batches per collector (agents/routing.py), split batches in
 the spool, and the exporter delivering each part to its collector only, against test collectors
 (ROUTER sockets in threads) on 127.0.0.1."""
+import json
 import os
 import threading
 
@@ -273,3 +274,19 @@ def test_flow_hash_exporter_refuses_a_collector_listed_twice(tmp_path):
         make(str(tmp_path / "s"), [5, 5], route="flow-hash")
     with pytest.raises(exporter.ExporterError, match="route 'hash'"):
         make(str(tmp_path / "s"), [5], route="hash")
+
+
+def test_a_split_batch_with_a_corrupt_parts_list_is_moved_to_rejected(tmp_path):
+    d = tmp_path / "s"
+    spooled(d, [("flows", flows(np.arange(100)))])
+    sp = spool.Spool(str(d), host=HOST, split=FlowHashSplit(EPS[:2]))
+    (seq,) = sp.claim()
+    path = os.path.join(d, "outgoing", f"{seq:020d}.batch")
+    meta, payload = spool.read_file(path)
+    meta["parts"][0][2] += 1  # claims one frame more than the file has
+    with open(path, "wb") as f:
+        f.write(spool.MAGIC + json.dumps(meta).encode() + b"\n" + payload)
+    assert spool.Spool(str(d), host=HOST).due(seq) is None  # unreadable routing: load_parts decides
+    assert sp.load_parts(seq) is None and sp.pending() == []
+    assert sorted(os.listdir(d / "rejected")) == [f"{seq:020d}.batch", f"{seq:020d}.reason"]
+    assert "parts do not match" in (d / "rejected" / f"{seq:020d}.reason").read_text()
