@@ -4,6 +4,8 @@ exactly the flows whose canonical key hashes to it, both sensors' observations o
 one collector, the union equals what one collector gets with route = "all", and a collector that
 is down at first gets its share from the agents' spools later: nothing lost, nothing twice."""
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from capfan.flowkey import flow_shard
 from tests.agents.agentrun import REPO, AgentRun, replay_pcap
 from tests.agents.test_exporter import free_port
 from tests.collector.collectorrun import CollectorRun
+from tests.collector.test_multihost import T0_US, write_pcap
+from tests.frames import udp4
 from tests.conftest import ring_dir, wait_for  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
@@ -20,8 +24,9 @@ SAMPLE = os.path.join(REPO, "capfan", "samples", "sample.pcap")
 SENSORS = ("s1", "s2")
 
 
-def agent(tmp, ring_dir, name, pcap, collectors, run, **export):
-    """A sensor replaying `pcap` (metering every flow until the end), exporting in plain text."""
+def agent(tmp, ring_dir, name, pcap, collectors, run, speed="max", idle_timeout=3600, **export):
+    """A sensor replaying `pcap` (by default as fast as it can, metering every flow until the end),
+    exporting in plain text."""
     d = tmp / f"{name}-{run}"
     d.mkdir()
     rings = os.path.join(ring_dir, name)
@@ -30,8 +35,8 @@ def agent(tmp, ring_dir, name, pcap, collectors, run, **export):
            "metrics": {"enabled": False},
            "export": {"collectors": collectors, "security": "plain", "health_interval": 0.5,
                       "spool_dir": str(tmp / "spool"), **export},
-           "capture": [{"source": "pcap", "file": pcap, "name": "rp", "options": {"speed": "max"}}],
-           "analyzer": [{"analyzer": "flowmeter", "options": {"idle_timeout": 3600, "active_timeout": 0}}]}
+           "capture": [{"source": "pcap", "file": pcap, "name": "rp", "options": {"speed": speed}}],
+           "analyzer": [{"analyzer": "flowmeter", "options": {"idle_timeout": idle_timeout, "active_timeout": 0}}]}
     return AgentRun(d, cfg, rings, name=name).start()
 
 
@@ -48,10 +53,16 @@ def run_sensors(tmp, ring_dir, pcap, collectors, run, **export):
 
 
 def settled(col):
-    """True once the collector loaded everything it journaled (and got something)."""
+    """True once the collector loaded everything in its journal (and got something)."""
     h = col.get("/api/health")
-    i, ld = h["intake"], h["loader"]
-    return i["journaled"] > 0 and i["journaled"] == ld["loaded_batches"] + ld["duplicates"] + ld["load_rejected"]
+    last = h["journal"]["last"]
+    return last is not None and h["loader"]["checkpoint"] == list(last)
+
+
+def flow_records(col):
+    """Flow records the collector stored from sensor s1's flow meter."""
+    return sum(x["records"] for x in col.get("/api/health")["store"]
+               if x["host"] == "s1" and x.get("source") == "rp.q0/flowmeter")
 
 
 def canon(row):
@@ -130,3 +141,45 @@ def test_flow_hash_splits_flows_over_two_collectors(tmp_path, ring_dir):
         for c in (ref, col_a, col_b):
             if c is not None:
                 c.stop()
+
+
+def test_flow_hash_collector_killed_mid_stream_loses_and_duplicates_nothing(tmp_path, ring_dir):
+    # 200 short flows over ~6 s at 1x; each ends 1 s after its last packet, so records stream out
+    # during the replay and collector b dies with parts in flight
+    timed = []
+    for f in range(200):
+        start = T0_US + f * 30_000
+        for i in range(6):
+            a, b = f"10.7.{f // 100}.{f % 100 + 1}", "192.0.2.77"
+            fr = udp4(a, b, 40000 + f, 123, b"x" * (60 + i)) if i % 2 == 0 else udp4(b, a, 123, 40000 + f, b"y" * 80)
+            timed.append((start + i * 5_000, fr))
+    pcap = write_pcap(tmp_path / "s.pcap", timed)
+    ports = [free_port(), free_port()]
+    col_a = CollectorRun(tmp_path, f"tcp://127.0.0.1:{ports[0]}", name="col-a").start()
+    col_b = CollectorRun(tmp_path, f"tcp://127.0.0.1:{ports[1]}", name="col-b").start()
+    col_b2 = None
+    (tmp_path / "s1").mkdir()
+    a = agent(tmp_path / "s1", ring_dir, "s1", pcap, [f"tcp://127.0.0.1:{p}" for p in ports], "1",
+              speed="1x", idle_timeout=1.0, route="flow-hash", drain_timeout=60)
+    try:
+        assert wait_for(lambda: flow_records(col_b) >= 5, 30, 0.1), a.log()  # flows stream in, then b dies
+        col_b.proc.send_signal(signal.SIGKILL)
+        col_b.proc.wait()
+        time.sleep(1.0)                               # a keeps receiving; b's parts wait in the spool
+        col_b2 = CollectorRun(tmp_path, f"tcp://127.0.0.1:{ports[1]}", name="col-b").start()
+        assert a.wait(120) == 0, a.log()
+        assert "not yet acknowledged" not in a.log()
+        assert wait_for(lambda: settled(col_a) and settled(col_b2), 30, 0.2)
+        got = [flows_of(col_a), flows_of(col_b2)]
+        assert not set(got[0]) & set(got[1]) and len(got[0]) + len(got[1]) == 200
+        for i, (g, c) in enumerate(zip(got, (col_a, col_b2))):
+            rows = [r for rs in g.values() for r in rs]
+            assert len(rows) == len(g) and shard_of(rows, 2).tolist() == [i] * len(rows)
+            assert flow_records(c) == len(rows)       # one record per flow: none lost, none stored twice
+        assert col_a.get("/api/totals")["packets"] + col_b2.get("/api/totals")["packets"] == len(timed)
+    finally:
+        a.kill()
+        for c in (col_a, col_b2):
+            if c is not None:
+                c.stop()
+        col_b.kill()
