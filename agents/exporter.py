@@ -126,7 +126,7 @@ class Exporter:
                 self.pending.append(seq)
                 self.owed[seq] = owed
         self.acked = self.rejected = self.gone = 0
-        self._frames: dict[int, list[bytes]] = {}
+        self._frames: dict[int, dict] = {}  # seq -> load_parts(seq), for one round
         self._spool_stats: dict = {}
         self._spool_stats_at = -1e18
         self.ctx = None
@@ -283,7 +283,9 @@ class Exporter:
             part = self._load(seq, ln)
             if part is None:  # dropped to make room, or corrupt (moved to rejected/)
                 if seq in self._frames:  # the file is there but holds no part for ln: not due after all
-                    self._done(ln, seq, None)
+                    self.owed[seq].discard(ln.idx)
+                    if not self.owed[seq]:
+                        self._settle(seq)
                     continue
                 self._forget(seq)
                 self.gone += 1
@@ -335,8 +337,11 @@ class Exporter:
             ln.rejected += 1
             self.rejections[seq] = reason
             log.warning("collector %s rejected batch %d for good: %s", ln.endpoint, seq, reason)
-        if owed:
-            return
+        if not owed:
+            self._settle(seq)
+
+    def _settle(self, seq: int) -> None:
+        """Every collector due batch `seq` answered: delete it, or move it to rejected/ if one refused it."""
         reason = self.rejections.get(seq)
         self._forget(seq)
         self._frames.pop(seq, None)
