@@ -32,6 +32,8 @@ class FlowHashSplit:
         shard = flow_shard(records, n)
         counts = np.bincount(shard, minlength=n)
         order = np.argsort(shard, kind="stable")  # keeps the records' order inside each part
-        grouped = records[order]
+        # gathered as opaque fixed-size items: numpy's take of a structured dtype goes field by field (5x slower)
+        flat = np.ascontiguousarray(records)
+        grouped = flat.view(np.dtype((np.void, flat.dtype.itemsize)))[order].view(flat.dtype)
         ends = np.cumsum(counts)
         return {self.endpoints[i]: grouped[ends[i] - counts[i]:ends[i]] for i in range(n) if counts[i]}
