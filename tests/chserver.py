@@ -181,7 +181,9 @@ class ClickHouseServer:
         if self.proc is not None:
             if self.proc.poll() is None:
                 try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)
+                    # its data goes with it: no need to wait for a clean shutdown (which waits for
+                    # idle client and inter-server connections)
+                    os.killpg(self.proc.pid, signal.SIGKILL if remove else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
                 try:
