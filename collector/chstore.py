@@ -43,9 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import chschema
-from .store import (FLOW_ROW, FLOWS, GROUP_KEYS, HEALTH, METRICS, StoreError, _addr_range, _ints,
+from .store import (FILTER_KEYS, FLOW_ROW, FLOWS, GROUP_KEYS, HEALTH, METRICS, StoreError, _addr_range, _ints,
                     _obs_addr_sql, _values, addr_text, check_checkpoint, prepare_batches)
-from .store import FILTER_KEYS  # noqa: F401 - re-exported: the same filter keys as the DuckDB store
 
 TTL_SINCE = (19, 6)  # first ClickHouse release with table TTL
 _KEY = "vlan, proto, a_hi, a_lo, ap, b_hi, b_lo, bp"
@@ -67,11 +66,10 @@ def _filter_sql(where: dict | None, obs_side: bool) -> str:
     """ClickHouse predicate for a `where` dict (see the DuckDB store): obs_side is the orientation-
     independent form on obs rows, otherwise the form on merged flows (values are checked ints and
     addresses, rendered as literals)."""
-    from .store import FILTER_KEYS as keys
     clauses = []
     for key, v in (where or {}).items():
-        if key not in keys:
-            raise StoreError(f"unknown filter {key!r}; use one of {', '.join(keys)}")
+        if key not in FILTER_KEYS:
+            raise StoreError(f"unknown filter {key!r}; use one of {', '.join(FILTER_KEYS)}")
         if key in ("src", "dst", "addr"):
             cols = ("src", "dst") if obs_side or key == "addr" else (key,)
             ors = [_obs_addr_sql(c, lo, hi) for lo, hi in (_addr_range(x) for x in _values(key, v)) for c in cols]

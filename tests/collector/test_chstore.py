@@ -325,6 +325,15 @@ def test_service_opens_the_engine_the_config_selects(tmp_path, clickhouse):
     st.close()
 
 
+def test_check_report_names_the_clickhouse_store(tmp_path):
+    from capfan.collectcli import check_report
+    c = load_cfg(tmp_path, '[collector]\nname = "c9"\nengine = "clickhouse"\n[clickhouse]\nhost = "10.0.0.5"\n'
+                           'cluster = "capfan2"\nretention_days = 14\n')
+    line = [ln for ln in check_report(c).splitlines() if ln.strip().startswith("store")][0]
+    assert "clickhouse://10.0.0.5:9000/capfan" in line and "cluster capfan2" in line
+    assert "retention 14 days" in line and "collector id c9" in line
+
+
 def test_example_config_is_valid_apart_from_its_key_files():
     here = os.path.join(os.path.dirname(__file__), "..", "..", "collector", "examples", "collector-clickhouse.toml")
     with pytest.raises(ConfigError) as e:
