@@ -43,8 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import chschema
-from .store import (FILTER_KEYS, FLOW_ROW, FLOWS, GROUP_KEYS, HEALTH, METRICS, StoreError, _addr_range, _ints,
-                    _obs_addr_sql, _values, addr_text, check_checkpoint, prepare_batches)
+from .store import (FILTER_KEYS, FLOW_ROW, FLOWS, GROUP_KEYS, HEALTH, METRICS, StoreError, StoreUnavailable,
+                    _addr_range, _ints, _obs_addr_sql, _values, addr_text, check_checkpoint, prepare_batches)
 
 TTL_SINCE = (19, 6)  # first ClickHouse release with table TTL
 _KEY = "vlan, proto, a_hi, a_lo, ap, b_hi, b_lo, bp"
@@ -175,18 +175,19 @@ class ClickHouseStore:
         return c
 
     def _q(self, sql: str, params=None, numpy: bool = False, **kw):
-        """Run one statement; connection and server errors become StoreErrors naming the server."""
+        """Run one statement; connection and server errors become StoreUnavailable (a StoreError)
+        naming the server: the loader retries those instead of setting batches aside."""
         errors = _client_errors()
         try:
             return self._client(numpy).execute(sql, params, **kw)
         except (errors.NetworkError, errors.SocketTimeoutError, OSError, EOFError) as e:
             self._drop_client(numpy)
-            raise StoreError(f"cannot reach {self._where()}: {e}") from None
+            raise StoreUnavailable(f"cannot reach {self._where()}: {e}") from None
         except errors.ServerException as e:
             if e.code in (192, 193, 516):  # unknown user, wrong password, authentication failed
-                raise StoreError(f"{self._where()} refused the login: {e.message.splitlines()[0]} "
-                                 "(check [clickhouse] user and password_file)") from None
-            raise StoreError(f"{self._where()}: {e.message.splitlines()[0]} (code {e.code})") from None
+                raise StoreUnavailable(f"{self._where()} refused the login: {e.message.splitlines()[0]} "
+                                       "(check [clickhouse] user and password_file)") from None
+            raise StoreUnavailable(f"{self._where()}: {e.message.splitlines()[0]} (code {e.code})") from None
 
     def _drop_client(self, numpy: bool) -> None:
         """Forget a broken connection (the next call reconnects)."""

@@ -196,6 +196,11 @@ class StoreError(CapfanError):
     """The store cannot be opened, or a request or batch is invalid; the message says which."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached or failed a statement: retry later (never the batch's
+    fault, so the loader must not set the batch aside)."""
+
+
 @lru_cache(maxsize=1 << 16)
 def addr_text(value: int) -> str:
     """Text form of a stored address as one 128-bit int, (hi << 64) | lo (IPv4-mapped -> dotted quad)."""

@@ -176,14 +176,17 @@ class ClickHouseServer:
             raise RuntimeError(f"clickhouse-client failed ({r.returncode}): {r.stderr.strip()[:500]}")
         return [tuple(line.split("\t")) for line in r.stdout.splitlines()]
 
-    def stop(self, remove=True):
-        """Kill the server (whole process group) and delete its data directory."""
+    def stop(self, remove=True, graceful=None):
+        """Stop the server (whole process group) and delete its data directory unless remove=False;
+        graceful (default: when the data is kept) sends SIGTERM and waits, else SIGKILL."""
+        if graceful is None:
+            graceful = not remove
         if self.proc is not None:
             if self.proc.poll() is None:
                 try:
                     # its data goes with it: no need to wait for a clean shutdown (which waits for
                     # idle client and inter-server connections)
-                    os.killpg(self.proc.pid, signal.SIGKILL if remove else signal.SIGTERM)
+                    os.killpg(self.proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 try:

@@ -343,3 +343,37 @@ def test_example_config_is_valid_apart_from_its_key_files():
     data["security"] = {"mode": "plain"}
     c = ccfg.resolve(data)
     assert c["collector"]["engine"] == "clickhouse" and c["clickhouse"]["port"] == 9000
+
+
+# -- the loader while the server is away ---------------------------------------------------------
+
+def test_loader_keeps_batches_while_the_server_is_down(tmp_path):
+    from capfan.collector.journal import Journal
+    from capfan.collector.loader import Loader
+    from capfan.collector.store import StoreUnavailable
+    from tests.chserver import ClickHouseServer
+    from tests.collector.test_loader import journal_batches, stored
+    srv = ClickHouseServer(tmp_path / "ch").start()
+    store = j = None
+    try:
+        store = open_ch(srv, "capfan")
+        j = Journal(str(tmp_path / "j"), fsync=False)
+        journal_batches(j, "h1", [1, 2])
+        ld = Loader(store, j)
+        assert sum(iter(ld.load_once, 0)) == 2
+        srv.stop(remove=False, graceful=False)  # the server dies; its data stays for the restart
+        journal_batches(j, "h1", [3, 4, 5])
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable, match=f"cannot reach ClickHouse at 127.0.0.1:{srv.port}"):
+                ld.load_once()
+        assert ld.counters()["load_rejected"] == 0  # nothing set aside
+        srv.start()
+        assert sum(iter(ld.load_once, 0)) == 3
+        assert stored(store, "h1") == (5, 25) and store.checkpoint() == ld.position
+        assert ld.counters()["load_rejected"] == 0
+    finally:
+        if store is not None:
+            store.close()
+        if j is not None:
+            j.close()
+        srv.stop()
