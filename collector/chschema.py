@@ -84,8 +84,10 @@ def table_names(cluster: str = "") -> tuple[dict, dict]:
     return {t: t for t in TABLES}, {t: t for t in TABLES}
 
 
-def render(database: str = "capfan", cluster: str = "", retention_days: int = 0, ttl: bool = False) -> list[str]:
-    """The schema's statements (each idempotent: IF NOT EXISTS) for one server of the layout."""
+def render(database: str = "capfan", cluster: str = "", retention_days: int = 0, ttl: bool = False,
+           ttl_only_drop_parts: bool = True) -> list[str]:
+    """The schema's statements (each idempotent: IF NOT EXISTS) for one server of the layout;
+    ttl_only_drop_parts=False leaves out that setting (servers with TTL but before the setting)."""
     check_name(database, "database")
     if cluster:
         check_name(cluster, "cluster")
@@ -104,8 +106,9 @@ def render(database: str = "capfan", cluster: str = "", retention_days: int = 0,
         stmt += f"\nORDER BY {order}"
         if part and ttl and retention_days:
             stmt += f"\nTTL {_day(part)} + INTERVAL {int(retention_days)} DAY"
-            # expired days go as whole parts (partitions are days), never by rewriting parts
-            stmt += "\nSETTINGS ttl_only_drop_parts = 1"
+            if ttl_only_drop_parts:
+                # expired days go as whole parts (partitions are days), never by rewriting parts
+                stmt += "\nSETTINGS ttl_only_drop_parts = 1"
         out.append(stmt)
         if cluster:
             out.append(f"CREATE TABLE IF NOT EXISTS {database}.{t} AS {database}.{local[t]}\n"

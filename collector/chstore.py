@@ -229,8 +229,10 @@ class ClickHouseStore:
             if self.read_only:
                 raise StoreError(f"store {self.path} does not exist: database {self.database} has no (complete) "
                                  "capfan store schema (read-only open does not create it)")
+            drop_parts = self.ttl_supported and bool(self._q(
+                "SELECT 1 FROM system.merge_tree_settings WHERE name = 'ttl_only_drop_parts'"))
             for stmt in chschema.render(self.database, self.cluster, self.retention_days,
-                                        ttl=self.ttl_supported):
+                                        ttl=self.ttl_supported, ttl_only_drop_parts=drop_parts):
                 self._q(stmt)
         rows = self._q(f"SELECT value FROM {self.database}.meta WHERE key = 'schema_version'")
         if not rows and not self.read_only:

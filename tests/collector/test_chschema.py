@@ -45,6 +45,9 @@ def test_rendered_layouts():
     assert len(dist) == len(chschema.TABLES)
     ttl = chschema.render(retention_days=30, ttl=True)
     assert sum("TTL toDate(toDateTime(intDiv(" in s and "INTERVAL 30 DAY" in s for s in ttl) == 4  # not loads
+    assert sum("ttl_only_drop_parts" in s for s in ttl) == 4
+    assert not any("ttl_only_drop_parts" in s for s in chschema.render(retention_days=30, ttl=True,
+                                                                       ttl_only_drop_parts=False))
     assert chschema.render(retention_days=30) == single  # no TTL where the server has none
     with pytest.raises(ValueError, match="cluster '2x'"):
         chschema.render(cluster="2x")
