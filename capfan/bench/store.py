@@ -43,11 +43,14 @@ ingest_many x10 1.08M-1.14M rec/s, top-10 idle 2.7-3.1 -> 1.2-1.9 s (table in co
 The ClickHouse store (collector/chstore.py, ``[collector] engine = "clickhouse"``) is measured in
 the same run with ``--engines duckdb,clickhouse --clickhouse HOST:PORT`` (a running server; the
 bench makes and drops its own databases); the "vs duckdb" column gives the ratios. Same VM,
-clickhouse-server 18.16 on the same disk, one run (numbers also in the README):
+clickhouse-server 18.16 on the same disk; run 1 while other tests loaded the VM, run 2 quiet
+(numbers also in the README):
 
-    engine       ingest rec/s   ingest_many x10   vs duckdb       top-10 idle   while ingesting   crash
-    duckdb            280,713           654,067   1.00x / 1.00x   2.75 s        5.3 / 5.4 s       30 / 0 / 0
-    clickhouse         91,199           639,323   0.32x / 0.98x   2.16 s        6.5 / 12.6 s      30 / 0 / 0
+    engine       run   ingest rec/s   ingest_many x10   vs duckdb       top-10 idle   while ingesting   crash
+    duckdb         1        280,713           654,067   1.00x / 1.00x   2.75 s        5.3 / 5.4 s       30 / 0 / 0
+    clickhouse     1         91,199           639,323   0.32x / 0.98x   2.16 s        6.5 / 12.6 s      30 / 0 / 0
+    duckdb         2        658,161         1,193,543   1.00x / 1.00x   1.13 s        2.6 / 4.9 s       31 / 0 / 0
+    clickhouse     2        168,775           941,546   0.26x / 0.79x   2.01 s        6.4 / 9.9 s       30 / 0 / 0
 
 Choice: DuckDB (see collector/store.py). Reasons from the numbers: (a) 1.2x the ingest rate with
 a per-batch durable commit (the Arrow hand-over costs no per-row Python; sqlite3's executemany
