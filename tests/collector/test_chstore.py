@@ -14,6 +14,7 @@ from capfan.collector import service
 from capfan.collector.chstore import ClickHouseStore
 from capfan.collector.store import Store, StoreError
 from capfan.errors import ConfigError
+from capfan.flowkey import flow_shard
 from tests.chserver import free_port
 from tests.collector.test_store import S, T0, batch, flows_batch, rec, reference_merge
 
@@ -209,9 +210,8 @@ def as_record(o):
 
 
 def canonical_shard(o, n=2):
-    """Shard of an observation's canonical key (both directions alike), as flow-hash routing does."""
-    ends = sorted([(o["src"], o["sport"]), (o["dst"], o["dport"])])
-    return sum(map(ord, repr((o["vlan"], o["proto"], ends)))) % n
+    """Shard of an observation's canonical key: the agents' flow-hash routing (capfan.flowkey)."""
+    return int(flow_shard(as_record(o), n)[0])
 
 
 def ingest_split(stores, observations, shard_of, per_load=8):
