@@ -72,12 +72,14 @@ def backend(request):
 class Opts(ctypes.Structure):
     _fields_ = [("ifname", ctypes.c_char_p), ("rss_vis", ctypes.c_int32), ("rxq_size", ctypes.c_int32),
                 ("evq_size", ctypes.c_int32), ("hw_timestamps", ctypes.c_int32), ("merge", ctypes.c_int32),
-                ("filters", ctypes.c_char_p), ("port", ctypes.c_uint16)]
+                ("filters", ctypes.c_char_p), ("port", ctypes.c_uint16), ("wait", ctypes.c_int32),
+                ("jumbo", ctypes.c_int32), ("jumbo_bytes", ctypes.c_uint64), ("spin_us", ctypes.c_uint32)]
 
 
 class Counters(ctypes.Structure):
     _fields_ = [("discards", ctypes.c_uint64 * 8)] + [(n, ctypes.c_uint64) for n in (
-        "no_desc_trunc", "resets", "jumbo", "rx_multi", "hwts_unsynced", "reposted", "held_back")]
+        "no_desc_trunc", "resets", "jumbo", "rx_multi", "hwts_unsynced", "reposted", "held_back",
+        "jumbo_reassembled", "jumbo_no_room", "primes", "wakeups")]
 
 
 class Stats(ctypes.Structure):
@@ -118,7 +120,7 @@ class Driver:
         self.p = lib.capfan_producer_open(ringlib.ring_path(ring_name).encode())
         assert self.p, lib.capfan_last_error()
         o = dict(ifname=b"emul0", rss_vis=0, rxq_size=-1, evq_size=-1, hw_timestamps=1, merge=0,
-                 filters=None, port=0)
+                 filters=None, port=0, wait=0, jumbo=0, jumbo_bytes=0, spin_us=0)
         o.update(kw)
         if isinstance(o["filters"], str):
             o["filters"] = o["filters"].encode()
