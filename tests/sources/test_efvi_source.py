@@ -25,6 +25,7 @@ from capfan import errors
 from capfan import ring as ringlib
 from capfan.sources import backends_built, open_source
 from tests import frames as fr
+from tests.agents.agentrun import AgentRun, consumers
 
 ROOT = Path(__file__).resolve().parents[2]
 EMUL = ROOT / "tests" / "emul" / "efvi"
@@ -336,3 +337,64 @@ def test_interrupt_wait_sleeps_when_idle_and_wakes_on_arrival(wire):
     poll_cpu, _lat, got, summary = _idle_cpu_and_latency(wire, "poll")
     assert len(got) == 40 and summary["primes"] == 0
     assert poll_cpu > max(0.05, 3 * idle_cpu), (poll_cpu, idle_cpu)
+
+
+# ---------------------------------------------------------------- the agent
+
+@pytest.fixture
+def emul_netns():
+    """A network namespace holding an interface named emul0 (one end of a veth pair), so the
+    agent's host checks find the interface the emulation serves; deleted afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("the agent test needs root (CI runs as root): network namespaces")
+    ns = f"cfefvi-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", "emul0", "type", "veth", "peer", "name", "emul0p"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "emul0", "up"], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+class EmulAgentRun(AgentRun):
+    """`capfan agent` of the ef_vi test build (first on PYTHONPATH) in the namespace, with the
+    emulated wire in its environment."""
+
+    def __init__(self, *a, env: dict, **kw):
+        super().__init__(*a, **kw)
+        self.env = env
+
+    def start(self, *args):
+        """Start the agent of the test build."""
+        cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "capfan", "agent", "-c", self.path, *args]
+        self._err = open(self.errpath, "w")
+        # cwd: not the repository, whose capfan/ would shadow the test build on sys.path
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, env=self.env, text=True,
+                                     cwd=self.tmp)
+        return self
+
+
+@pytest.mark.privileged
+def test_agent_config_source_efvi(wire, emul_netns, tmp_path, ring_dir):
+    """An agent config with source = "efvi" (a VI set of 2, interrupt wait): the capture worker of
+    the test build publishes every emulated frame once, a recorder analyzer writes them all."""
+    frames = traffic(300, jumbo_every=50)
+    cfg = {"agent": {"drain_timeout": 20},
+           "capture": [{"source": "efvi", "interface": "emul0", "name": "ef", "ring": {"ndesc": 4096, "arena": "8M"},
+                        "options": {"rss_vis": 2, "wait": "interrupt", "filters": "all-unicast,all-multicast"}}],
+           "analyzer": [{"name": "rec", "analyzer": "recorder", "policy": "reliable", "start": "oldest",
+                         "options": {"prefix": "{consumer}"}}]}
+    a = EmulAgentRun(tmp_path, cfg, ring_dir, ns=emul_netns, env=wire.env(frames))
+    try:
+        a.start()
+        a.wait_status(lambda s: consumers(s, "ef.q0").get("rec", {}).get("delivered") == len(frames), 60,
+                      "the recorder delivered every frame")
+        st = a.status()
+        q = [q for q in st["queues"] if q["ring"] == "ef.q0"][0]
+        assert q["source"] == "efvi" and q["published"] == len(frames)
+        assert a.stop() == 0, a.log()
+    finally:
+        a.kill()
+    got = a.recorded_frames("ef.q0", "rec")
+    assert sorted(got) == sorted(f for _, f in frames)
