@@ -433,3 +433,30 @@ def test_capture_cli_from_a_veth_fed_emulation(emul, ring_dir, quiet_veth, tmp_p
     assert all(g[2] & ringlib.F_HWTS and t_send - 10**9 < g[0] < time.time_ns() for g in mine)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["published"] >= len(sent) and summary["kernel_drops"] == summary["nic_drops"] == 0
+
+
+def test_agent_config_source_snf(emul, ring_dir, tmp_path):
+    """An agent config with source = "snf" and num_rings = 2: one capture process per SNF ring
+    (each opens the port itself), recorders on both rings, together every emulated packet once."""
+    from tests.agents.agentrun import AgentRun, consumers  # noqa: PLC0415
+
+    wire = traffic()
+    emul.wire(wire)
+    cfg = {"agent": {"drain_timeout": 20},
+           "capture": [{"source": "snf", "interface": "snf0", "name": "sn",
+                        "options": {"num_rings": 2, "lib": emul.lib()}}],
+           "analyzer": [{"name": "rec", "analyzer": "recorder", "policy": "reliable", "start": "oldest",
+                         "options": {"prefix": "{consumer}"}}]}
+    a = AgentRun(tmp_path, cfg, ring_dir)
+    try:
+        a.start()
+        a.wait_status(lambda s: sum(consumers(s, f"sn.q{q}").get("rec", {}).get("delivered", 0) for q in (0, 1))
+                      == len(wire), 60, "the recorders delivered every packet")
+        st = a.status()
+        assert sorted((q["ring"], q["source"]) for q in st["queues"]) == [("sn.q0", "snf"), ("sn.q1", "snf")]
+        assert a.stop() == 0, a.log()
+    finally:
+        a.kill()
+    got = a.recorded_frames("sn.q0", "rec") + a.recorded_frames("sn.q1", "rec")
+    assert collections.Counter(got) == collections.Counter(f for _ts, f in wire)
+    assert a.recorded_frames("sn.q0", "rec") and a.recorded_frames("sn.q1", "rec"), "RSS used both rings"
