@@ -14,8 +14,8 @@ import socket
 from capfan import config as C
 from capfan.errors import CapfanError, ConfigError
 
-SOURCES = ("afpacket", "afxdp", "pcap")
-LIVE_SOURCES = ("afpacket", "afxdp")
+SOURCES = ("afpacket", "afxdp", "snf", "efvi", "pcap")
+LIVE_SOURCES = ("afpacket", "afxdp", "snf", "efvi")
 FANOUT_MODES = ("hash", "qm", "lb", "cpu", "rollover", "random")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 DEFAULT_CONFIG = "/etc/capfan/agent.toml"
@@ -112,7 +112,7 @@ RING = {
 CAPTURE = {
     "name": C.Field(str, None, "ring prefix: rings are NAME.qQUEUE; default interface name or file stem", _name),
     "source": C.Field(str, "afpacket", "capture backend", C.one_of(*SOURCES)),
-    "interface": C.Field(str, None, "network interface (afpacket, afxdp)", _ifname),
+    "interface": C.Field(str, None, "network interface (afpacket, afxdp, efvi) or SNF port (snf0)", _ifname),
     "file": C.Field(str, None, "capture file (pcap source)"),
     "queues": C.Field((str, int, list), "all", "\"all\" or receive queue numbers", _queues),
     "cpus": C.Field((str, int, list), "auto", "\"auto\", \"none\" or one CPU per queue", _cpus),
@@ -432,7 +432,12 @@ def _captures(tables: list[dict], rel, sysfs: str, check_host: bool) -> list[Cap
                 raise ConfigError(f"{key}.interface", f"source = \"{src}\" needs interface = \"NAME\" (see `ip link`)")
             iface, path = t["interface"], None
             name = t["name"] or _name(iface, f"{key}.interface")
-            queues = _host_queues(key, iface, t["queues"], sysfs, check_host)
+            if src == "efvi":
+                queues = _efvi_queues(key, iface, t, sysfs, check_host)
+            elif src == "snf":
+                queues = _snf_queues(key, t)
+            else:
+                queues = _host_queues(key, iface, t["queues"], sysfs, check_host)
         if name in names:
             raise ConfigError(f"{key}.name", f"{name!r} is already used by {names[name]}: give each capture "
                                              "its own name (rings are NAME.qQUEUE)")
@@ -450,10 +455,45 @@ def _captures(tables: list[dict], rel, sysfs: str, check_host: bool) -> list[Cap
                     opts["bpf"] = t["bpf"]
                 if src == "afpacket" and len(queues) > 1:
                     opts.setdefault("fanout", t["fanout"])
+                if src == "snf":  # every ring's process opens the port with the same ring count
+                    opts.setdefault("num_rings", max(queues) + 1)
             out.append(CaptureWorker(id=f"capture-{ring}", key=key, capture=name, source=src, interface=iface,
                                      file=path, queue=q, ring=ring, geometry=dict(t["ring"]), options=opts,
                                      cpu_want=cpu))
     return out
+
+
+def _efvi_queues(key: str, iface: str, t: dict, sysfs: str, check_host: bool) -> list[int]:
+    """An ef_vi capture is one process (its VIs take what the filters match, not a NIC queue)."""
+    _host_queues(key, iface, "all", sysfs, check_host)  # the interface exists
+    if t["queues"] not in ("all", [0]):
+        raise ConfigError(f"{key}.queues", "an ef_vi capture takes what its filters match, not one NIC queue: use "
+                                           "queues = \"all\" (one capture process) and spread it over VIs with "
+                                           "options = { rss_vis = N } (ring ports 0..N-1)")
+    if t["bpf"]:
+        raise ConfigError(f"{key}.bpf", "ef_vi filters in the NIC: use options = { filters = \"udp:HOST:PORT,...\" } "
+                                        "or filter in the analyzer")
+    if check_host:
+        from capfan.sources import efvi  # noqa: PLC0415
+        if not efvi.built():
+            raise ConfigError(f"{key}.source", efvi.NOT_BUILT)
+    return [0]
+
+
+def _snf_queues(key: str, t: dict) -> list[int]:
+    """SNF ring ids: "all" = every ring of options.num_rings (default 1)."""
+    n = t["options"].get("num_rings")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"{key}.options.num_rings", f"expected the SNF ring count (1 or more), got {n!r}")
+    if t["bpf"]:
+        raise ConfigError(f"{key}.bpf", "SNF captures take no BPF filter: filter in the analyzer")
+    if t["queues"] == "all":
+        return list(range(n or 1))
+    bad = [q for q in t["queues"] if n and q >= n]
+    if bad:
+        raise ConfigError(f"{key}.queues", f"the SNF port is opened with num_rings = {n}, so ring {bad[0]} does not "
+                                           f"exist (rings 0-{n - 1})")
+    return t["queues"]
 
 
 def _stem(path: str) -> str:

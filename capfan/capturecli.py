@@ -26,6 +26,7 @@ RUN_SLICE_S = 0.1          # longest stretch spent in C before signals and limit
 STATUS_INTERVAL_S = 1.0
 ETHERNET = 1
 FANOUT_CHOICES = ("hash", "lb", "cpu", "rollover", "random", "qm")
+KERNEL_BYPASS = ("snf", "efvi")
 
 
 class StopOnSignal:
@@ -192,7 +193,9 @@ def print_summary(s: dict) -> None:
 @click.argument("iface")
 @click.option("--ring", "ring_name", required=True, help="Ring to write into (e.g. eth0.q0).")
 @click.option("--source", "kind", default="afpacket", show_default=True,
-              help="Capture backend: " + ", ".join(k for k in sources._MODULES if k != "pcap") + ".")
+              help="Capture backend: " + ", ".join(k for k in sources._MODULES if k != "pcap") + "."
+                   + ("" if "efvi" in sources.backends_built() else
+                      " (efvi: not in this build, it needs Onload's etherfabric headers and libciul at build time)"))
 @click.option("--queue", type=click.IntRange(0, 65535), default=None,
               help="NIC receive queue (AF_XDP binds to it; AF_PACKET stores it as the descriptor port).")
 @click.option("-c", "--count", type=click.IntRange(min=1), default=None,
@@ -213,7 +216,8 @@ def print_summary(s: dict) -> None:
               show_default=True, help="New ring: hold the capture (block) or drop new packets when full.")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Backend option, repeatable (afpacket: block_size=4M, block_count=64, fanout_flags=defrag, "
-                   "promisc=no, hw_timestamps=yes; afxdp: xdp_mode, bind_mode, busy_poll...).")
+                   "promisc=no, hw_timestamps=yes; afxdp: xdp_mode, bind_mode, busy_poll...; snf: num_rings, "
+                   "app_id...; efvi: rss_vis, filters, wait=poll|interrupt, jumbo=reassemble|truncate...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No live status line.")
 def capture(iface, ring_name, kind, queue, count, duration, bpf, fanout, fanout_group, create, ndesc, arena,
@@ -251,7 +255,8 @@ def _capture(iface, ring_name, kind, queue, count, duration, bpf, fanout, fanout
     except ValueError:
         port = 0  # the backend rejects the value with a proper message
     ringlib.ring_path(ring_name)  # bad ring names fail before anything is opened
-    for w in interface_warnings(iface, kw):
+    # kernel offloads do not touch what kernel-bypass backends receive
+    for w in ([] if kind in KERNEL_BYPASS else interface_warnings(iface, kw)):
         click.echo(f"capfan: warning: {w}", err=True)
     stop = StopOnSignal().install()
     src = producer = None

@@ -53,7 +53,8 @@ def target(ifaces: list[str], config: str | None = None, queues: int | None = No
     if queues is not None and queues < 1:
         raise TuneError(f"--queues must be at least 1, not {queues}")
     cfg = load_agent_config(config) if config else None
-    live = [w for w in (cfg.captures if cfg else []) if w.live]
+    # kernel-bypass captures (snf, efvi) do not read the kernel's RX queues: nothing to tune for them
+    live = [w for w in (cfg.captures if cfg else []) if w.live and w.source not in ("snf", "efvi")]
     if not ifaces:
         ifaces = list(dict.fromkeys(w.interface for w in live))
     if queues is not None and not ifaces:

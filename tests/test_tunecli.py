@@ -224,3 +224,14 @@ def test_doctor_then_tune_from_config(veth4, hugetlbfs, tmp_path):
     out = subprocess.run([sys.executable, "-c", make], capture_output=True, text=True, timeout=30,
                          env=dict(os.environ, CAPFAN_RING_DIR=str(hugetlbfs)))
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
+def test_kernel_bypass_captures_are_not_tuned(tmp_path):
+    """An agent config capturing SNF rings (the library's port, no kernel RX queues): tune plans
+    nothing per interface for it (it used to look for a network interface named snf0)."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nname = "t"\nrun_dir = "{tmp_path}/run"\nout = "{tmp_path}/out"\nring_dir = "{tmp_path}"\n'
+                   '[[capture]]\nsource = "snf"\ninterface = "snf0"\noptions = { num_rings = 2 }\n')
+    r = capfan("tune", "-c", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [a for a in json.loads(r.stdout)["actions"] if a["scope"] != "host"] == []

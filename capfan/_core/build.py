@@ -20,34 +20,79 @@ OPTIONAL = [
 ]
 
 
-def have_headers(headers):
-    """True if the C compiler finds every header (e.g. libxdp-dev is installed)."""
+def have_headers(headers, include_dirs=(), marker=None):
+    """True if the C compiler finds every header (e.g. libxdp-dev is installed); with `marker`,
+    whether that macro is defined after including them (None if the headers are missing)."""
     if not headers:
         return True
     cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
+    text = "".join(f"#include <{h}>\n" for h in headers)
+    if marker:
+        text += f"#ifdef {marker}\ncapfan_marker_defined\n#endif\n"
     with tempfile.NamedTemporaryFile("w", suffix=".c", delete=False) as f:
-        f.write("".join(f"#include <{h}>\n" for h in headers) + "int main(void){return 0;}\n")
+        f.write(text + "int main(void){return 0;}\n")
     try:
-        return subprocess.run([cc, "-E", f.name], capture_output=True).returncode == 0
+        r = subprocess.run([cc, "-E", *[f"-I{d}" for d in include_dirs], f.name], capture_output=True, text=True)
+        if not marker:
+            return r.returncode == 0
+        return None if r.returncode else "capfan_marker_defined" in r.stdout
     finally:
         os.unlink(f.name)
 
 
+# Onload installed outside the compiler's default paths: CAPFAN_ONLOAD_PREFIX=DIR uses DIR/include
+# and DIR/lib64 or DIR/lib (linked with an rpath). capfan's ef_vi *test emulation* (tests/emul/efvi,
+# marked by CAPFAN_EMUL_EF_VI_H) is refused unless CAPFAN_EFVI_TEST_EMULATION=1, which only the tests
+# set when they build a throw-away copy of the core: a product build never compiles against it.
+EFVI_EMUL_MARKER = "CAPFAN_EMUL_EF_VI_H"
+
+
+def onload_dirs():
+    """(include dirs, library dirs) from $CAPFAN_ONLOAD_PREFIX (empty when unset)."""
+    prefix = os.environ.get("CAPFAN_ONLOAD_PREFIX")
+    if not prefix:
+        return [], []
+    libs = [d for d in (os.path.join(prefix, "lib64"), os.path.join(prefix, "lib")) if os.path.isdir(d)]
+    return [os.path.join(prefix, "include")], libs
+
+
+def efvi_usable(headers, include_dirs):
+    """(ok, reason) for compiling src_efvi.c: real Onload headers, or the test emulation when allowed."""
+    emulated = have_headers(headers, include_dirs, marker=EFVI_EMUL_MARKER)
+    if emulated is None:
+        return False, f"headers missing ({' '.join(headers)}; install Onload or set CAPFAN_ONLOAD_PREFIX)"
+    if emulated and os.environ.get("CAPFAN_EFVI_TEST_EMULATION") != "1":
+        return False, "the etherfabric headers found are capfan's TEST EMULATION, not Onload's"
+    if emulated:
+        print("capfan build: src_efvi.c compiled against capfan's ef_vi TEST EMULATION (tests only, not a NIC)")
+    return True, ""
+
+
 def configure():
-    """Pick the optional backends this machine can build; returns (sources, defines, libraries)."""
+    """Pick the optional backends this machine can build; returns (sources, defines, libraries,
+    include dirs, library dirs)."""
     sources, defines, libs, built = list(SOURCES), [], ["pthread"], []
+    incs, libdirs = [], []
     for src, define, headers, libraries in OPTIONAL:
         if not os.path.exists(os.path.join(HERE, src)):
             continue
-        if have_headers(headers):
+        if src == "src_efvi.c":
+            e_incs, e_libdirs = onload_dirs()
+            ok, why = efvi_usable(headers, e_incs)
+        else:
+            e_incs, e_libdirs = [], []
+            ok, why = have_headers(headers), f"headers missing ({' '.join(headers)})"
+        if ok:
             sources.append(src)
             defines.append((define, "1"))
             libs += libraries
+            incs += e_incs
+            libdirs += e_libdirs
             built.append(src)
         else:
-            print(f"capfan build: {src} NOT built: headers missing ({' '.join(headers)})")
+            print(f"capfan build: {src} NOT built: {why}")
     print(f"capfan build: compiled {' '.join(built)}")
-    return sources, defines, libs
+    return sources, defines, libs, incs, libdirs
 
 CDEF = """
 typedef struct capfan_desc {
@@ -190,6 +235,18 @@ typedef struct capfan_snf_opts {
 } capfan_snf_opts;
 capfan_source *capfan_snf_open(const capfan_snf_opts *o);
 int capfan_snf_batched(capfan_source *s);
+typedef struct capfan_efvi_opts {
+    const char *ifname; int32_t rss_vis; int32_t rxq_size; int32_t evq_size; int32_t hw_timestamps; int32_t merge;
+    const char *filters; uint16_t port; int32_t wait; int32_t jumbo; uint64_t jumbo_bytes; uint32_t spin_us;
+} capfan_efvi_opts;
+typedef struct capfan_efvi_counters {
+    uint64_t discards[8];
+    uint64_t no_desc_trunc, resets, jumbo, rx_multi, hwts_unsynced, reposted, held_back;
+    uint64_t jumbo_reassembled, jumbo_no_room, primes, wakeups;
+} capfan_efvi_counters;
+capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p);
+int capfan_efvi_counters_get(capfan_source *s, capfan_efvi_counters *out);
+int capfan_efvi_emulated(void);
 const char *capfan_source_backends(void);
 uint8_t *capfan_producer_arena(capfan_producer *p, uint64_t *len);
 """
@@ -219,7 +276,7 @@ def components():
     return srcs, cdef, incs
 
 
-_sources, _defines, _libs = configure()
+_sources, _defines, _libs, _incdirs, _libdirs = configure()
 _csrcs, _ccdef, _cincs = components()
 _sources += _csrcs
 ffibuilder = FFI()
@@ -229,7 +286,9 @@ ffibuilder.set_source(
     '#include "ring.h"\n#include "parse.h"\n#include "ringbench.h"\n#include "source.h"\n'
     + ('#include "bpf.h"\n' if os.path.exists(os.path.join(HERE, "bpf.h")) else "") + _cincs,
     sources=[os.path.relpath(os.path.join(HERE, s)) for s in _sources],
-    include_dirs=[os.path.relpath(HERE)],
+    include_dirs=[os.path.relpath(HERE)] + _incdirs,
+    library_dirs=_libdirs,
+    runtime_library_dirs=_libdirs,
     define_macros=_defines,
     extra_compile_args=["-std=c11", "-O3", "-Wall", "-Wno-unused-parameter", "-D_GNU_SOURCE"],
     libraries=_libs,

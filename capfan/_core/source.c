@@ -71,6 +71,9 @@ const char *capfan_source_backends(void) {
 #ifdef CAPFAN_HAVE_SNF
            " snf"
 #endif
+#ifdef CAPFAN_HAVE_EFVI
+           " efvi"
+#endif
         ;
 }
 
@@ -114,4 +117,21 @@ int capfan_snf_batched(capfan_source *s) {
     (void)s;
     return 0;
 }
+#endif
+
+#ifndef CAPFAN_HAVE_EFVI
+capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
+    (void)o; (void)p;
+    capfan_set_error(CAPFAN_ENOTSUP, "this capfan was built without ef_vi: install Onload (its etherfabric/*.h "
+                     "headers and libciul), set CAPFAN_ONLOAD_PREFIX=DIR if it is not under /usr, then reinstall "
+                     "capfan (pip install -e .); the build prints which backends it compiled");
+    return NULL;
+}
+
+int capfan_efvi_counters_get(capfan_source *s, capfan_efvi_counters *out) {
+    (void)s; (void)out;
+    return capfan_set_error(CAPFAN_ENOTSUP, "this capfan was built without ef_vi");
+}
+
+int capfan_efvi_emulated(void) { return 0; }
 #endif

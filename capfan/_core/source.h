@@ -113,6 +113,43 @@ capfan_source *capfan_snf_open(const capfan_snf_opts *o);
 /* 1 if this source borrows packets in batches (recv_many), 0 if it receives one at a time. */
 int capfan_snf_batched(capfan_source *s);
 
+/* ---- Solarflare/AMD ef_vi (src_efvi.c; compiled only with Onload's etherfabric headers and libciul) ---- */
+typedef struct capfan_efvi_opts {
+    const char *ifname;
+    int32_t rss_vis;        /* 0: one VI; n > 0: a VI set of n VIs (RSS), VI i publishes as port + i */
+    int32_t rxq_size;       /* RX descriptors per VI, -1 default */
+    int32_t evq_size;       /* event queue entries, -1 default */
+    int32_t hw_timestamps;  /* ask for hardware RX timestamps */
+    int32_t merge;          /* EF_VI_RX_EVENT_MERGE (RX_MULTI events) */
+    const char *filters;    /* comma separated, see src_efvi.c; NULL = sniff-promisc */
+    uint16_t port;
+    int32_t wait;           /* 0 poll (short sleeps when idle), 1 interrupt (ef_vi_prime + block on the driver fd) */
+    int32_t jumbo;          /* 0 publish a multi-buffer frame cut to its first buffer, 1 reassemble it */
+    uint64_t jumbo_bytes;   /* reassemble: arena bytes set aside for reassembled frames (0 = auto) */
+    uint32_t spin_us;       /* interrupt mode: keep polling this long after the last packet before blocking */
+} capfan_efvi_opts;
+
+typedef struct capfan_efvi_counters {
+    uint64_t discards[8];     /* by EF_EVENT_RX_DISCARD_* reason: csum, mcast, crc, trunc, rights, ev_error, other, inner csum */
+    uint64_t no_desc_trunc;   /* RX_NO_DESC_TRUNC events */
+    uint64_t resets;          /* RESET events */
+    uint64_t jumbo;           /* frames that spanned several buffers */
+    uint64_t rx_multi;        /* RX_MULTI events */
+    uint64_t hwts_unsynced;   /* hardware timestamps without CLOCK_IN_SYNC */
+    uint64_t reposted;        /* buffers posted to the NIC */
+    uint64_t held_back;       /* refills short of buffers because consumers held them */
+    uint64_t jumbo_reassembled; /* multi-buffer frames copied whole into the jumbo area */
+    uint64_t jumbo_no_room;   /* ... published cut to their first buffer: the jumbo area was held by consumers */
+    uint64_t primes;          /* interrupt mode: times the VIs were primed before blocking */
+    uint64_t wakeups;         /* interrupt mode: times the driver fd woke the source */
+} capfan_efvi_counters;
+
+/* The ring's arena becomes the NIC's packet memory: the source needs its producer at open. */
+capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p);
+int capfan_efvi_counters_get(capfan_source *s, capfan_efvi_counters *out);
+/* 1 when this build's ef_vi layer was compiled against capfan's test emulation (tests only). */
+int capfan_efvi_emulated(void);
+
 /* Backends compiled into this build, e.g. "pcap afpacket afxdp". */
 const char *capfan_source_backends(void);
 

@@ -12,9 +12,13 @@
  * reliable consumers allow (capfan_producer_reclaim), so a consumer holding a batch keeps its
  * buffers from being reposted.
  *
- * Events: RX (jumbo frames arrive as SOP|CONT ... final; the frame is published from its first
- * buffer, cut to that buffer and counted as truncated, continuation buffers go straight back to
- * the free list; the final event's length is taken as the whole frame's length incl. prefix),
+ * Events: RX (jumbo frames arrive as SOP|CONT ... final; the final event's length is the whole
+ * frame's length incl. prefix. With opts.jumbo = 1 the buffers are kept until the final event and
+ * the frame is copied whole into the jumbo area -- the last jumbo_bytes of the arena, never posted
+ * to the NIC, allocated in seq order like a small ring and freed as the ring's tail passes: one
+ * memcpy of the frame, only for frames longer than a buffer. If consumers hold the whole jumbo
+ * area, or with opts.jumbo = 0, the frame is published from its first buffer, cut to that buffer
+ * and counted as truncated, and continuation buffers go straight back to the free list),
  * RX_DISCARD (counted per reason, frame not published), RX_NO_DESC_TRUNC (the jumbo in progress
  * ran out of posted buffers: published with what arrived, counted), RX_MULTI / RX_MULTI_DISCARD
  * (EF_VI_RX_EVENT_MERGE: ef_vi_receive_unbundle, length from the prefix), RESET (every posted
@@ -25,6 +29,11 @@
  * matching traffic over its VIs; VI i publishes as port `port + i`.
  * Filters (comma separated): sniff, sniff-promisc, all-unicast, all-multicast,
  * udp|tcp:HOST:PORT (local), udp|tcp:HOST:PORT:RHOST:RPORT (5-tuple). Default: sniff-promisc.
+ *
+ * Waiting: wait = 0 polls the event queues with IDLE_SLEEP_NS naps while idle (lowest latency,
+ * costs CPU); wait = 1, after spin_us without packets, primes every VI (ef_vi_prime with the event
+ * queue's current position: the NIC interrupts on the next event) and blocks in ppoll() on the
+ * VIs' driver handles (one per VI) until an event or the timeout.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -33,6 +42,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,42 +60,22 @@
 #define POST_BATCH 8          /* 7000-series NICs push descriptors in multiples of 8 */
 #define POLL_EVS 64
 #define IDLE_SLEEP_NS 20000
-
-/* ---- public (declared here: source.h stays backend-neutral until ef_vi is wired in) ---- */
-typedef struct capfan_efvi_opts {
-    const char *ifname;
-    int32_t rss_vis;        /* 0: one VI; n > 0: a VI set of n VIs (RSS) */
-    int32_t rxq_size;       /* RX descriptors per VI, -1 default */
-    int32_t evq_size;       /* event queue entries, -1 default */
-    int32_t hw_timestamps;  /* ask for hardware RX timestamps */
-    int32_t merge;          /* EF_VI_RX_EVENT_MERGE (RX_MULTI events) */
-    const char *filters;    /* see above; NULL = sniff-promisc */
-    uint16_t port;
-} capfan_efvi_opts;
-
-typedef struct capfan_efvi_counters {
-    uint64_t discards[8];     /* by EF_EVENT_RX_DISCARD_* reason (capped at 7 = other) */
-    uint64_t no_desc_trunc;   /* RX_NO_DESC_TRUNC events */
-    uint64_t resets;          /* RESET events */
-    uint64_t jumbo;           /* frames that spanned several buffers */
-    uint64_t rx_multi;        /* RX_MULTI events */
-    uint64_t hwts_unsynced;   /* hardware timestamps without CLOCK_IN_SYNC */
-    uint64_t reposted;        /* buffers posted to the NIC */
-    uint64_t held_back;       /* refills short of buffers because consumers held them */
-} capfan_efvi_counters;
-
-capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p);
-int capfan_efvi_counters_get(capfan_source *s, capfan_efvi_counters *out);
+#define MAX_JUMBO_BUFS 64     /* buffers one reassembled frame may span (128 KiB > any frame) */
+#define JUMBO_ALIGN 64u
 
 typedef struct buf_ref { uint64_t seq; uint32_t buf; } buf_ref;
+typedef struct jumbo_ref { uint64_t seq, start; uint32_t len; } jumbo_ref; /* start: monotonic jumbo-area position */
 
 typedef struct vi_state {
     ef_vi vi;
-    int up;
+    ef_driver_handle dh;    /* the VI's own driver handle: interrupt mode blocks on it */
+    int up, dh_open;
     int jumbo;              /* a jumbo frame is in progress */
     uint32_t j_buf, j_have; /* its first buffer, frame bytes received so far */
     uint64_t j_ts;
     uint16_t j_flags;
+    uint32_t j_nparts;      /* reassembly: buffers held (first included) and the frame bytes of each */
+    uint32_t j_part_buf[MAX_JUMBO_BUFS], j_part_len[MAX_JUMBO_BUFS];
 } vi_state;
 
 typedef struct efvi {
@@ -108,6 +98,12 @@ typedef struct efvi {
     uint8_t *posted;        /* buffer -> VI index + 1 while the NIC owns it */
     buf_ref *fifo;          /* published buffers in seq order (circular, nbufs entries) */
     uint32_t fifo_first, fifo_len;
+    uint64_t jbase, jlen;   /* jumbo area: arena offset and bytes (0 = none) */
+    uint64_t jw;            /* next monotonic position in the jumbo area */
+    jumbo_ref *jfifo;       /* reassembled frames in seq order (circular, jcap entries) */
+    uint32_t jcap, jfirst, jcount;
+    int starved;            /* last poll took nothing because the ring had no room */
+    uint64_t last_rx_ns;    /* interrupt mode: when a packet last arrived (spin_us window) */
 } efvi;
 
 /* ------------------------------------------------------------------ buffers */
@@ -119,12 +115,44 @@ static void fifo_push(efvi *e, uint64_t seq, uint32_t buf) {
     e->fifo_len++;
 }
 
+static void jfifo_release_below(efvi *e, uint64_t tail) {
+    while (e->jcount && e->jfifo[e->jfirst].seq < tail) {
+        if (++e->jfirst == e->jcap) e->jfirst = 0;
+        e->jcount--;
+    }
+}
+
 static void fifo_release_below(efvi *e, uint64_t tail) {
     while (e->fifo_len && e->fifo[e->fifo_first].seq < tail) {
         e->free_bufs[e->nfree++] = e->fifo[e->fifo_first].buf;
         if (++e->fifo_first == e->nbufs) e->fifo_first = 0;
         e->fifo_len--;
     }
+    jfifo_release_below(e, tail);
+}
+
+static void jfifo_push(efvi *e, uint64_t seq, uint64_t start, uint32_t len) {
+    uint32_t i = e->jfirst + e->jcount;
+    if (i >= e->jcap) i -= e->jcap;
+    e->jfifo[i] = (jumbo_ref){seq, start, len};
+    e->jcount++;
+}
+
+/* Room for len bytes in the jumbo area (a frame never wraps); returns the monotonic position,
+ * releasing the oldest reassembled frames as far as the ring's consumers allow, or UINT64_MAX. */
+static uint64_t jumbo_alloc(efvi *e, uint32_t len) {
+    uint64_t need = ((uint64_t)len + JUMBO_ALIGN - 1) & ~(uint64_t)(JUMBO_ALIGN - 1);
+    if (!e->jlen || need > e->jlen) return UINT64_MAX;
+    uint64_t a = e->jw, o = a % e->jlen;
+    if (o + need > e->jlen) a += e->jlen - o;
+    fifo_release_below(e, capfan_producer_tail(e->p));
+    while (e->jcount && (e->jcount == e->jcap || a + need - e->jfifo[e->jfirst].start > e->jlen)) {
+        uint64_t seq = e->jfifo[e->jfirst].seq;
+        if (capfan_producer_reclaim(e->p, seq + 1) <= seq) return UINT64_MAX; /* a consumer holds it */
+        fifo_release_below(e, capfan_producer_tail(e->p));
+    }
+    e->jw = a + need;
+    return a;
 }
 
 /* Get `need` free buffers, releasing the oldest packets only as far as needed and allowed. */
@@ -210,16 +238,75 @@ static void publish(efvi *e, int vi_idx, uint32_t b, uint32_t wirelen, uint64_t 
     e->base.st.published++;
 }
 
+/* Copy a multi-buffer frame (v's parts) into the jumbo area and publish it from there; the
+ * buffers go back to the free list. Returns 0, or -1 if the area is held (nothing done). */
+static int publish_reassembled(efvi *e, int vi_idx, uint32_t wirelen) {
+    vi_state *v = &e->v[vi_idx];
+    uint32_t have = 0;
+    for (uint32_t k = 0; k < v->j_nparts; k++) have += v->j_part_len[k];
+    uint32_t caplen = have < wirelen ? have : wirelen;
+    if (caplen > e->snaplen) caplen = e->snaplen;
+    if (caplen > 65535) caplen = 65535;
+    uint64_t at = jumbo_alloc(e, caplen);
+    if (at == UINT64_MAX) return -1;
+    e->base.st.packets++;
+    e->base.st.bytes += wirelen;
+    uint16_t flags = v->j_flags;
+    if (capfan_producer_reserve_desc(e->p, 0) != 0) {
+        e->base.st.ring_drops++;
+    } else {
+        uint64_t off = e->jbase + at % e->jlen;
+        uint8_t *dst = e->arena + off;
+        uint32_t done = 0;
+        for (uint32_t k = 0; k < v->j_nparts && done < caplen; k++) {
+            uint32_t n = v->j_part_len[k] < caplen - done ? v->j_part_len[k] : caplen - done;
+            const uint8_t *src = e->arena + (size_t)v->j_part_buf[k] * BUF_STRIDE + (k == 0 ? e->prefix : 0);
+            memcpy(dst + done, src, n);
+            done += n;
+        }
+        if (caplen < wirelen) {
+            flags |= CAPFAN_F_TRUNCATED;
+            e->base.st.truncated++;
+        }
+        jfifo_push(e, capfan_producer_head(e->p), at, caplen);
+        capfan_producer_commit_at(e->p, (uint32_t)off, v->j_ts, caplen, wirelen > 65535 ? 65535 : wirelen,
+                                  (uint16_t)(e->o.port + vi_idx), flags);
+        e->base.st.published++;
+        e->c.jumbo_reassembled++;
+    }
+    for (uint32_t k = 0; k < v->j_nparts; k++) buf_free(e, v->j_part_buf[k]);
+    v->j_nparts = 0;
+    return 0;
+}
+
 static void count_discard(efvi *e, unsigned reason) {
     e->c.discards[reason < 7 ? reason : 7]++;
     e->base.st.malformed++;
 }
 
-/* Finish a jumbo in progress: publish it from its first buffer with total length `total`. */
+/* Finish a jumbo in progress (total: the whole frame's length): reassembled into the jumbo
+ * area, or published from its first buffer, cut to it. */
 static void jumbo_end(efvi *e, int i, uint32_t total) {
     vi_state *v = &e->v[i];
     v->jumbo = 0;
+    if (e->o.jumbo && v->j_nparts) {
+        if (publish_reassembled(e, i, total) == 0) return;
+        e->c.jumbo_no_room++;
+        for (uint32_t k = 1; k < v->j_nparts; k++) buf_free(e, v->j_part_buf[k]);
+        v->j_nparts = 0;
+    }
     publish(e, i, v->j_buf, total, v->j_ts, v->j_flags);
+}
+
+/* Keep buffer b (frame bytes `len`) as a part of the frame being reassembled. */
+static void jumbo_keep(efvi *e, vi_state *v, uint32_t b, uint32_t len) {
+    if (v->j_nparts == MAX_JUMBO_BUFS) { /* longer than any frame: keep what fits */
+        e->base.st.malformed++;
+        buf_free(e, b);
+        return;
+    }
+    v->j_part_buf[v->j_nparts] = b;
+    v->j_part_len[v->j_nparts++] = len;
 }
 
 static void on_rx(efvi *e, int i, const ef_event *ev) {
@@ -250,17 +337,29 @@ static void on_rx(efvi *e, int i, const ef_event *ev) {
         v->jumbo = 1;
         v->j_buf = b;
         v->j_ts = rx_time(e, &v->vi, b, &v->j_flags);
-        v->j_have = bytes > e->prefix ? bytes - e->prefix : 0;
+        uint32_t inbuf = bytes < e->buf_len ? bytes : e->buf_len;
+        v->j_have = inbuf > e->prefix ? inbuf - e->prefix : 0;
+        v->j_nparts = 0;
+        if (e->o.jumbo) jumbo_keep(e, v, b, v->j_have);
         e->c.jumbo++;
         return;
     }
-    buf_free(e, b); /* continuation: its bytes are not kept (the frame is cut to its first buffer) */
-    if (cont) {
-        v->j_have += bytes;
+    if (cont) { /* a full continuation buffer */
+        uint32_t inbuf = bytes < e->buf_len ? bytes : e->buf_len;
+        if (e->o.jumbo) jumbo_keep(e, v, b, inbuf);
+        else buf_free(e, b); /* cut to the first buffer: continuation bytes are not kept */
+        v->j_have += inbuf;
         return;
     }
-    uint32_t total = bytes > e->prefix ? bytes - e->prefix : 0; /* final: length of the whole frame */
-    jumbo_end(e, i, total > v->j_have ? total : v->j_have + bytes);
+    /* final: its length is the whole frame's (incl. prefix); this buffer holds the rest */
+    uint32_t total = bytes > e->prefix ? bytes - e->prefix : 0;
+    if (total < v->j_have) total = v->j_have + bytes; /* a NIC reporting the last piece only */
+    uint32_t rest = total - v->j_have;
+    if (rest > e->buf_len) rest = e->buf_len;
+    if (e->o.jumbo) jumbo_keep(e, v, b, rest);
+    else buf_free(e, b);
+    v->j_have += rest;
+    jumbo_end(e, i, total);
 }
 
 static void on_multi(efvi *e, int i, const ef_event *ev, int discard) {
@@ -286,9 +385,9 @@ static void on_multi(efvi *e, int i, const ef_event *ev, int discard) {
 /* The NIC reset: whatever it owned is gone; repost from scratch. */
 static void on_reset(efvi *e, int i) {
     e->c.resets++;
-    if (e->v[i].jumbo) {
+    if (e->v[i].jumbo) { /* its buffers (the first, and kept continuations) are freed below */
         e->v[i].jumbo = 0;
-        buf_free(e, e->v[i].j_buf);
+        e->v[i].j_nparts = 0;
     }
     for (uint32_t b = 0; b < e->nbufs; b++)
         if (e->posted[b] == (uint8_t)(i + 1)) buf_free(e, b);
@@ -305,6 +404,7 @@ static uint64_t desc_room(efvi *e, uint64_t want) {
 /* Poll every VI once; returns packets published. */
 static int poll_once(efvi *e, uint32_t max) {
     uint64_t before = e->base.st.published;
+    e->starved = 0;
     ef_event evs[POLL_EVS];
     for (int i = 0; i < e->nvis; i++) {
         int want = POLL_EVS;
@@ -313,7 +413,10 @@ static int poll_once(efvi *e, uint32_t max) {
             uint64_t room = desc_room(e, (uint64_t)want * (e->o.merge ? EF_VI_RECEIVE_BATCH : 1));
             if (e->o.merge) room /= EF_VI_RECEIVE_BATCH;
             if (room < (uint64_t)want) want = (int)room;
-            if (want <= 0) continue;
+            if (want <= 0) {
+                e->starved = 1;
+                continue;
+            }
         }
         int n = ef_eventq_poll(&e->v[i].vi, evs, want);
         for (int k = 0; k < n; k++) {
@@ -370,6 +473,22 @@ static int efvi_prepare(capfan_source *s, capfan_producer *p) {
     return 0;
 }
 
+/* Interrupt mode: prime every VI, then sleep in ppoll() on their driver handles until an event
+ * arrives or `until` (monotonic ns) passes. */
+static void wait_interrupt(efvi *e, uint64_t until) {
+    struct pollfd fds[MAX_VIS];
+    for (int i = 0; i < e->nvis; i++) {
+        ef_vi_prime(&e->v[i].vi, e->v[i].dh, ef_eventq_current(&e->v[i].vi));
+        fds[i] = (struct pollfd){.fd = e->v[i].dh, .events = POLLIN};
+    }
+    e->c.primes++;
+    uint64_t now = capfan_now_monotonic_ns();
+    if (now >= until) return;
+    uint64_t left = until - now;
+    struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
+    if (ppoll(fds, (nfds_t)e->nvis, &ts, NULL) > 0) e->c.wakeups++;
+}
+
 static int efvi_recv(capfan_source *s, capfan_producer *p, uint32_t max, int64_t timeout_ns) {
     efvi *e = (efvi *)s;
     if (!max) max = 1;
@@ -379,9 +498,16 @@ static int efvi_recv(capfan_source *s, capfan_producer *p, uint32_t max, int64_t
         int n = poll_once(e, max);
         if (n) {
             refill(e);
+            if (e->o.wait) e->last_rx_ns = capfan_now_monotonic_ns();
             return n;
         }
-        if (capfan_now_monotonic_ns() >= end) return 0;
+        uint64_t now = capfan_now_monotonic_ns();
+        if (now >= end) return 0;
+        /* block only when the NIC has nothing for us: a full ring (block policy) is polled */
+        if (e->o.wait && !e->starved && now - e->last_rx_ns >= (uint64_t)e->o.spin_us * 1000u) {
+            wait_interrupt(e, end);
+            continue;
+        }
         struct timespec ts = {0, IDLE_SLEEP_NS};
         nanosleep(&ts, NULL);
     }
@@ -389,8 +515,10 @@ static int efvi_recv(capfan_source *s, capfan_producer *p, uint32_t max, int64_t
 
 static void efvi_close(capfan_source *s) {
     efvi *e = (efvi *)s;
-    for (int i = 0; i < e->nvis; i++)
-        if (e->v[i].up) ef_vi_free(&e->v[i].vi, e->dh);
+    for (int i = 0; i < MAX_VIS; i++) {
+        if (e->v[i].up) ef_vi_free(&e->v[i].vi, e->v[i].dh);
+        if (e->v[i].dh_open) ef_driver_close(e->v[i].dh);
+    }
     if (e->set_up) ef_vi_set_free(&e->set, e->dh);
     if (e->mr_up) ef_memreg_free(&e->mr, e->dh);
     if (e->pd_up) ef_pd_free(&e->pd, e->dh);
@@ -398,6 +526,7 @@ static void efvi_close(capfan_source *s) {
     free(e->free_bufs);
     free(e->posted);
     free(e->fifo);
+    free(e->jfifo);
     free(e);
 }
 
@@ -463,6 +592,16 @@ static int add_filters(efvi *e) {
 
 /* ------------------------------------------------------------------ open */
 
+/* A driver handle of VI i's own (interrupt mode blocks on it; separate handles keep wakeups per VI). */
+static int vi_handle(efvi *e, int i) {
+    int rc = ef_driver_open(&e->v[i].dh);
+    if (rc < 0)
+        return capfan_set_error(CAPFAN_ESYS, "ef_driver_open for VI %d: %s (is the Onload/sfc_char driver loaded?)",
+                                i, strerror(-rc));
+    e->v[i].dh_open = 1;
+    return 0;
+}
+
 capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
     if (!o || !o->ifname || !p) {
         capfan_set_error(CAPFAN_EINVAL, "ef_vi source needs an interface name and a producer");
@@ -487,6 +626,26 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
     e->ndesc = rs.ndesc;
     e->full_drop = rs.full_policy != 0;
     e->snaplen = rs.snaplen ? rs.snaplen : 65535;
+    if (o->jumbo) { /* the jumbo area: the arena's last jumbo_bytes (auto: an eighth, at most 16 MiB) */
+        uint64_t j = o->jumbo_bytes ? o->jumbo_bytes : alen / 8;
+        if (!o->jumbo_bytes && j > (16u << 20)) j = 16u << 20;
+        j &= ~(uint64_t)(BUF_STRIDE - 1);
+        if (j + 16 * BUF_STRIDE > alen) {
+            capfan_set_error(CAPFAN_EINVAL, "ef_vi jumbo_bytes %llu leaves too little of the ring arena (%llu bytes) "
+                             "for receive buffers: make the arena larger or jumbo_bytes smaller",
+                             (unsigned long long)j, (unsigned long long)alen);
+            goto fail;
+        }
+        e->jlen = j;
+        e->jbase = alen - j;
+        e->jcap = (uint32_t)(j / 1024 + 1);
+        e->jfifo = malloc(sizeof *e->jfifo * e->jcap);
+        if (!e->jfifo) {
+            capfan_set_error(CAPFAN_ESYS, "out of memory for the ef_vi jumbo area");
+            goto fail;
+        }
+        alen = e->jbase;
+    }
     uint64_t nb = alen / BUF_STRIDE;
     if (nb > (1u << 24)) nb = 1u << 24;
     if (((uintptr_t)e->arena & (EF_VI_DMA_ALIGN - 1)) || nb < 16) {
@@ -495,6 +654,10 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
         goto fail;
     }
     e->nbufs = (uint32_t)nb;
+    if (o->wait < 0 || o->wait > 1 || o->jumbo < 0 || o->jumbo > 1) {
+        capfan_set_error(CAPFAN_EINVAL, "ef_vi wait must be 0 (poll) or 1 (interrupt), jumbo 0 (truncate) or 1 (reassemble)");
+        goto fail;
+    }
     e->free_bufs = malloc(sizeof *e->free_bufs * e->nbufs);
     e->posted = calloc(e->nbufs, 1);
     e->fifo = malloc(sizeof *e->fifo * e->nbufs);
@@ -507,8 +670,17 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
     {
         const capfan_desc *d = capfan_ring_desc(capfan_producer_ring(p));
         uint64_t mask = rs.ndesc - 1, head = capfan_producer_head(p);
+        uint64_t jprev = 0;
         for (uint64_t q = capfan_producer_tail(p); q < head; q++) {
             const capfan_desc *x = &d[q & mask];
+            if (x->seq == q && e->jlen && x->off >= e->jbase && x->off < e->jbase + e->jlen && e->jcount < e->jcap) {
+                uint64_t a = jprev - jprev % e->jlen + (x->off - e->jbase); /* back to a monotonic position */
+                if (a < jprev) a += e->jlen;
+                jfifo_push(e, q, a, x->caplen);
+                jprev = a + ((x->caplen + JUMBO_ALIGN - 1) & ~(JUMBO_ALIGN - 1));
+                e->jw = jprev;
+                continue;
+            }
             uint64_t b = x->off / BUF_STRIDE;
             if (x->seq != q || b >= e->nbufs || e->posted[b]) continue;
             e->posted[b] = 0xff; /* busy marker, cleared below */
@@ -551,7 +723,8 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
         }
         e->set_up = 1;
         for (int i = 0; i < o->rss_vis; i++) {
-            rc = ef_vi_alloc_from_set(&e->v[i].vi, e->dh, &e->set, e->dh, i, evq, rxq, 0, NULL, -1, fl);
+            if ((rc = vi_handle(e, i)) < 0) goto fail;
+            rc = ef_vi_alloc_from_set(&e->v[i].vi, e->v[i].dh, &e->set, e->dh, i, evq, rxq, 0, NULL, -1, fl);
             if (rc < 0) {
                 capfan_set_error(CAPFAN_ESYS, "ef_vi_alloc_from_set %d on %s: %s", i, o->ifname, strerror(-rc));
                 goto fail;
@@ -560,7 +733,8 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
             e->nvis++;
         }
     } else {
-        rc = ef_vi_alloc_from_pd(&e->v[0].vi, e->dh, &e->pd, e->dh, evq, rxq, 0, NULL, -1, fl);
+        if ((rc = vi_handle(e, 0)) < 0) goto fail;
+        rc = ef_vi_alloc_from_pd(&e->v[0].vi, e->v[0].dh, &e->pd, e->dh, evq, rxq, 0, NULL, -1, fl);
         if (rc < 0) {
             capfan_set_error(CAPFAN_ESYS, "ef_vi_alloc_from_pd on %s: %s", o->ifname, strerror(-rc));
             goto fail;
@@ -580,6 +754,14 @@ capfan_source *capfan_efvi_open(const capfan_efvi_opts *o, capfan_producer *p) {
 fail:
     efvi_close(&e->base);
     return NULL;
+}
+
+int capfan_efvi_emulated(void) {
+#ifdef CAPFAN_EMUL_EF_VI_H
+    return 1; /* compiled against tests/emul/efvi: only ever in a test build */
+#else
+    return 0;
+#endif
 }
 
 int capfan_efvi_counters_get(capfan_source *s, capfan_efvi_counters *out) {

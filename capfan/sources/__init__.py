@@ -12,7 +12,7 @@ from capfan._capfan_core import ffi, lib
 
 SOURCES: dict[str, type["Source"]] = {}
 _MODULES = {"pcap": "capfan.sources.pcap", "afpacket": "capfan.sources.afpacket", "afxdp": "capfan.sources.afxdp",
-            "snf": "capfan.sources.snf"}
+            "snf": "capfan.sources.snf", "efvi": "capfan.sources.efvi"}
 
 _EEOF = 10
 

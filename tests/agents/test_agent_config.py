@@ -154,7 +154,7 @@ def test_wrong_type(tmp_path, kw, message):
 
 @pytest.mark.parametrize("body,message", [
     (LO + 'source = "dpdk"\n',
-     "config key 'capture[0].source': must be one of 'afpacket', 'afxdp', 'pcap', not 'dpdk'"),
+     "config key 'capture[0].source': must be one of 'afpacket', 'afxdp', 'snf', 'efvi', 'pcap', not 'dpdk'"),
     (LO + 'fanout = "roundrobin"\n',
      "config key 'capture[0].fanout': must be one of 'hash', 'qm', 'lb', 'cpu', 'rollover', 'random', "
      "not 'roundrobin'"),
@@ -563,3 +563,39 @@ def test_example_replay_checks(tmp_path):
         f"  analyzer {ring:<20} rec-0            recorder group rec member 0 of 2  cpu N  spin_us 0",
         f"  analyzer {ring:<20} rec-1            recorder group rec member 1 of 2  cpu N  spin_us 0",
     ]
+
+
+# ------------------------------------------------------------------------------ kernel-bypass sources
+
+def test_efvi_without_the_c_layer(tmp_path):
+    """This build has no ef_vi layer (no Onload headers): the config says so and how to get it."""
+    body = '[[capture]]\nsource = "efvi"\ninterface = "lo"\n'
+    assert error(tmp_path, config(tmp_path, body)) == (
+        "config key 'capture[0].source': this capfan was built without ef_vi (the build found no Onload "
+        "etherfabric headers): install Onload's development files (etherfabric/vi.h, pd.h, memreg.h and libciul), "
+        "set CAPFAN_ONLOAD_PREFIX=DIR when they are not under /usr, then rebuild capfan (pip install -e . or "
+        "python setup.py build_ext --inplace); the build prints 'capfan build: compiled ... src_efvi.c'")
+
+
+def test_efvi_is_one_capture_not_a_queue(tmp_path):
+    body = '[[capture]]\nsource = "efvi"\ninterface = "lo"\nqueues = [1]\n'
+    assert error(tmp_path, config(tmp_path, body)) == (
+        "config key 'capture[0].queues': an ef_vi capture takes what its filters match, not one NIC queue: use "
+        "queues = \"all\" (one capture process) and spread it over VIs with options = { rss_vis = N } (ring ports "
+        "0..N-1)")
+    raw = {"capture": [{"source": "efvi", "interface": "eth9", "options": {"rss_vis": 4, "wait": "interrupt"}}]}
+    (w,) = agentconfig.build(raw, check_host=False).captures
+    assert (w.ring, w.live, w.options) == ("eth9.q0", True, {"rss_vis": 4, "wait": "interrupt", "queue": 0})
+
+
+def test_snf_rings_are_the_queues(tmp_path):
+    body = '[[capture]]\nsource = "snf"\ninterface = "snf0"\nqueues = [3]\noptions = { num_rings = 2 }\n'
+    assert error(tmp_path, config(tmp_path, body)) == \
+        "config key 'capture[0].queues': the SNF port is opened with num_rings = 2, so ring 3 does not exist (rings 0-1)"
+    body = '[[capture]]\nsource = "snf"\ninterface = "snf0"\nbpf = "udp"\n'
+    assert error(tmp_path, config(tmp_path, body)) == \
+        "config key 'capture[0].bpf': SNF captures take no BPF filter: filter in the analyzer"
+    raw = {"capture": [{"source": "snf", "interface": "snf0", "options": {"num_rings": 2, "app_id": 7}}]}
+    ws = agentconfig.build(raw, check_host=False).captures
+    assert [(w.ring, w.options) for w in ws] == [("snf0.q0", {"num_rings": 2, "app_id": 7, "queue": 0}),
+                                                 ("snf0.q1", {"num_rings": 2, "app_id": 7, "queue": 1})]

@@ -9,10 +9,13 @@ a real port and say so when skipped there; nothing is faked.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from capfan import ring as ringlib
 from capfan.sources import open_source
 from capfan.sources.snf import SnfSource
 from tests import frames as fr
+from tests.netns import veth  # noqa: F401 - fixture
 
 EMUL_SRC = Path(__file__).resolve().parents[1] / "emul" / "snf" / "emul_snf.c"
 REAL_LIB = os.environ.get("CAPFAN_SNF_LIB")
@@ -371,3 +375,88 @@ def test_real_library_receives_with_hardware_timestamps(backend, ring_dir):
         assert st["packets"] == st["published"] + st["ring_drops"]
     finally:
         r.close()
+
+
+# ---------------------------------------------------------------- live wire: a veth in a namespace
+
+@pytest.fixture
+def quiet_veth(veth):  # noqa: F811
+    """The test's veth pair without IPv6 chatter; tcpreplay sends from the peer end."""
+    if shutil.which("tcpreplay") is None:
+        pytest.fail("tcpreplay is needed by the capture tests (apt-get install tcpreplay)")
+    for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.peer_ns, veth.peer_if)):
+        for key in ("all", "default", ifc):
+            veth.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+    return veth
+
+
+@pytest.mark.privileged
+def test_capture_cli_from_a_veth_fed_emulation(emul, ring_dir, quiet_veth, tmp_path):
+    """`capfan capture snf0 --source snf` in a test namespace, the emulated SNF port fed by the
+    namespace's veth ($CAPFAN_SNF_EMUL_IFACE): every frame tcpreplay sends from the peer end
+    arrives in the ring exactly once, with the kernel's receive time as its hardware timestamp."""
+    v = quiet_veth
+    marker = b"CAPFAN-SNF-VETH"
+    sent = [fr.udp4(f"10.9.{i % 30}.1", f"10.8.{i % 7}.2", 3000 + i % 30, 4789, marker + struct.pack("!I", i) +
+                    b"v" * (i % 200)) for i in range(400)]
+    write_pcap_ns(tmp_path / "send.pcap", [(T0_NS + i * 1000, f) for i, f in enumerate(sent)])
+    ringlib.create("veth", ndesc=1 << 12, arena_bytes=8 << 20)
+    c = ringlib.Consumer("veth", "check", policy="reliable", stall_budget_us=30_000_000)
+    env = dict(os.environ, CAPFAN_SNF_EMUL_IFACE=v.cap_if, CAPFAN_RING_DIR=ring_dir)
+    env.pop("CAPFAN_SNF_EMUL_PCAP", None)
+    proc = v.popen(v.cap_ns, sys.executable, "-m", "capfan", "capture", "snf0", "--source", "snf", "--ring", "veth",
+                   "--no-create", "--json", "-q", "-o", f"lib={emul.lib()}", "-o", "num_rings=1", env=env,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("capturing: snf on snf0"), line + proc.stderr.read()
+        t_send = time.time_ns()
+        v.send_pcap(str(tmp_path / "send.pcap"), rate_pps=20000)
+        got, end = [], time.monotonic() + 20
+        while sum(1 for g in got if marker in g[1]) < len(sent) and time.monotonic() < end:
+            b = c.next(timeout=0.2)
+            if b is None:
+                continue
+            d = b.desc
+            got += [(int(d["ts_ns"][i]), bytes(b.packet(i)), int(d["flags"][i])) for i in range(len(b))]
+            b.release()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    mine = [g for g in got if marker in g[1]]
+    assert collections.Counter(g[1] for g in mine) == collections.Counter(sent), "every sent frame exactly once"
+    assert [g[1] for g in mine] == sent, "in wire order (one ring)"
+    assert all(g[2] & ringlib.F_HWTS and t_send - 10**9 < g[0] < time.time_ns() for g in mine)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["published"] >= len(sent) and summary["kernel_drops"] == summary["nic_drops"] == 0
+
+
+def test_agent_config_source_snf(emul, ring_dir, tmp_path):
+    """An agent config with source = "snf" and num_rings = 2: one capture process per SNF ring
+    (each opens the port itself), recorders on both rings, together every emulated packet once."""
+    from tests.agents.agentrun import AgentRun, consumers  # noqa: PLC0415
+
+    wire = traffic()
+    emul.wire(wire)
+    cfg = {"agent": {"drain_timeout": 20},
+           "capture": [{"source": "snf", "interface": "snf0", "name": "sn",
+                        "options": {"num_rings": 2, "lib": emul.lib()}}],
+           "analyzer": [{"name": "rec", "analyzer": "recorder", "policy": "reliable", "start": "oldest",
+                         "options": {"prefix": "{consumer}"}}]}
+    a = AgentRun(tmp_path, cfg, ring_dir)
+    try:
+        a.start()
+        a.wait_status(lambda s: sum(consumers(s, f"sn.q{q}").get("rec", {}).get("delivered", 0) for q in (0, 1))
+                      == len(wire), 60, "the recorders delivered every packet")
+        st = a.status()
+        assert sorted((q["ring"], q["source"]) for q in st["queues"]) == [("sn.q0", "snf"), ("sn.q1", "snf")]
+        assert a.stop() == 0, a.log()
+    finally:
+        a.kill()
+    got = a.recorded_frames("sn.q0", "rec") + a.recorded_frames("sn.q1", "rec")
+    assert collections.Counter(got) == collections.Counter(f for _ts, f in wire)
+    assert a.recorded_frames("sn.q0", "rec") and a.recorded_frames("sn.q1", "rec"), "RSS used both rings"

@@ -11,6 +11,15 @@
  *   RX_MULTI                with EF_VI_RX_EVENT_MERGE: up to 15 single-buffer frames per event
  *   RESET                   before frame $CAPFAN_EFVI_EMUL_RESET_AT (1-based); posted buffers lost
  *   timestamps              pcap time; every $CAPFAN_EFVI_EMUL_UNSYNC_EVERY-th without IN_SYNC
+ *   pacing                  $CAPFAN_EFVI_EMUL_PACE=1: frame k "arrives" (is deliverable) only when
+ *                           the wall clock reaches t0 + (ts_k - ts_0), t0 = the first
+ *                           ef_driver_open; its hardware timestamp is then that arrival time
+ *                           (CLOCK_REALTIME), so a reader can measure its own latency
+ *   interrupts              every ef_driver_open is an eventfd; ef_vi_prime(vi, dh, current)
+ *                           arms dh: it becomes readable at once if the VI has events past
+ *                           `current` or a frame has arrived, else (a helper thread) when the
+ *                           next frame arrives. Frames move to event queues only in
+ *                           ef_eventq_poll, as on the wire; the eventfd is drained by the next prime
  *
  * Frames wait on the wire while the target VI has no posted buffer (nothing is lost that way,
  * so the tests can count exactly). With a VI set, frames go to VI (hash of the IPv4 addresses
@@ -20,9 +29,13 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "etherfabric/ef_vi.h"
 
@@ -42,6 +55,7 @@ struct emul_vi {
     ef_request_id done[EVQ]; /* completed ids for unbundle */
     unsigned d_head, d_tail;
     int multi_open;      /* index of the open RX_MULTI event in evq, -1 none */
+    int armed_fd;        /* primed: the driver handle to wake, -1 none */
 };
 
 static struct {
@@ -62,7 +76,26 @@ static struct {
     int nvis;            /* VIs receiving (all members of the set, or the single VI) */
     int set_n;
     uint64_t inj_discards[EF_EVENT_RX_DISCARD_MAX], inj_resets, inj_trunc, inj_jumbo, delivered, unsynced, filters;
+    int pace;            /* frames arrive on the wall clock */
+    uint64_t t0_ns, first_ts; int have_first;
+    uint64_t primes, wakes;
+    int waker_up;
+    pthread_cond_t armed;
 } W;
+
+/* One lock over the emulated NIC: the application thread and the interrupt thread share it. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t now_real(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* When the waiting frame arrives (realtime ns); 0 = already there (not paced). */
+static uint64_t arrival(void) {
+    return W.pace ? W.t0_ns + (W.fts - W.first_ts) : 0;
+}
 
 static uint64_t env_u64(const char *name) {
     const char *v = getenv(name);
@@ -76,6 +109,9 @@ static void wire_init(void) {
     W.discard_every = env_u64("CAPFAN_EFVI_EMUL_DISCARD_EVERY");
     W.reset_at = env_u64("CAPFAN_EFVI_EMUL_RESET_AT");
     W.unsync_every = env_u64("CAPFAN_EFVI_EMUL_UNSYNC_EVERY");
+    W.pace = env_u64("CAPFAN_EFVI_EMUL_PACE") != 0;
+    W.t0_ns = now_real();
+    pthread_cond_init(&W.armed, NULL);
     const char *path = getenv("CAPFAN_EFVI_EMUL_PCAP");
     W.f = path ? fopen(path, "rb") : NULL;
     uint32_t hdr[6];
@@ -96,6 +132,10 @@ static void wire_next(void) {
     }
     W.flen = h[2];
     W.fts = (uint64_t)h[0] * 1000000000ull + (W.nsec ? h[1] : (uint64_t)h[1] * 1000u);
+    if (!W.have_first) {
+        W.first_ts = W.fts;
+        W.have_first = 1;
+    }
     W.have = 1;
     W.nframes++;
 }
@@ -114,8 +154,22 @@ static unsigned posted(struct emul_vi *v) { return v->r_pushed - v->r_tail; }
 
 /* ------------------------------------------------------------------ control path */
 
-int ef_driver_open(ef_driver_handle *dh) { wire_init(); *dh = 3; return 0; }
-int ef_driver_close(ef_driver_handle dh) { (void)dh; return 0; }
+int ef_driver_open(ef_driver_handle *dh) {
+    pthread_mutex_lock(&mu);
+    wire_init();
+    pthread_mutex_unlock(&mu);
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    *dh = fd;
+    return 0;
+}
+int ef_driver_close(ef_driver_handle dh) {
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < W.nvis; i++)
+        if (W.vis[i]->armed_fd == dh) W.vis[i]->armed_fd = -1;
+    pthread_mutex_unlock(&mu);
+    return close(dh) ? -errno : 0;
+}
 
 int ef_pd_alloc_by_name(ef_pd *pd, ef_driver_handle dh, const char *ifname, enum ef_pd_flags flags) {
     (void)dh; (void)flags;
@@ -151,6 +205,7 @@ static int vi_new(ef_vi *vi, int rxq, int flags) {
     v->ring_id = calloc((size_t)v->rxq_cap, sizeof *v->ring_id);
     v->flags = flags;
     v->multi_open = -1;
+    v->armed_fd = -1;
     v->idx = W.nvis;
     W.vis[W.nvis++] = v;
     vi->emul = v;
@@ -219,14 +274,23 @@ int ef_vi_receive_fill_level(ef_vi *vi) { return (int)(vi->emul->r_head - vi->em
 
 int ef_vi_receive_init(ef_vi *vi, ef_addr addr, ef_request_id id) {
     struct emul_vi *v = vi->emul;
-    if (v->r_head - v->r_tail >= (unsigned)v->rxq_cap) return -EAGAIN;
-    if (addr & (EF_VI_DMA_ALIGN - 1) || !dma_ptr(addr)) return -EINVAL;
-    v->ring_addr[v->r_head % (unsigned)v->rxq_cap] = addr;
-    v->ring_id[v->r_head % (unsigned)v->rxq_cap] = id;
-    v->r_head++;
-    return 0;
+    pthread_mutex_lock(&mu);
+    int rc = 0;
+    if (v->r_head - v->r_tail >= (unsigned)v->rxq_cap) rc = -EAGAIN;
+    else if (addr & (EF_VI_DMA_ALIGN - 1) || !dma_ptr(addr)) rc = -EINVAL;
+    if (!rc) {
+        v->ring_addr[v->r_head % (unsigned)v->rxq_cap] = addr;
+        v->ring_id[v->r_head % (unsigned)v->rxq_cap] = id;
+        v->r_head++;
+    }
+    pthread_mutex_unlock(&mu);
+    return rc;
 }
-void ef_vi_receive_push(ef_vi *vi) { vi->emul->r_pushed = vi->emul->r_head; }
+void ef_vi_receive_push(ef_vi *vi) {
+    pthread_mutex_lock(&mu);
+    vi->emul->r_pushed = vi->emul->r_head;
+    pthread_mutex_unlock(&mu);
+}
 
 /* Take the oldest posted buffer. */
 static ef_request_id take(struct emul_vi *v, uint8_t **p) {
@@ -271,6 +335,11 @@ static void reset_all(void) {
 static int deliver(void) {
     struct emul_vi *v = W.vis[target_vi()];
     if (!posted(v) || v->e_head - v->e_tail > EVQ - 32) return 0;
+    if (W.pace) {
+        uint64_t at = arrival();
+        if (now_real() < at) return 0; /* still on its way */
+        W.fts = at;                    /* stamped when it arrived */
+    }
     uint64_t n = W.nframes;
     if (W.reset_at && n == W.reset_at) {
         W.reset_at = 0;
@@ -349,6 +418,7 @@ static int deliver(void) {
 
 int ef_eventq_poll(ef_vi *vi, ef_event *evs, int evs_len) {
     struct emul_vi *v = vi->emul;
+    pthread_mutex_lock(&mu);
     for (;;) { /* move frames from the wire until this VI has enough events or the wire waits */
         if (v->e_head - v->e_tail >= (unsigned)evs_len + 1) break;
         wire_next();
@@ -360,7 +430,66 @@ int ef_eventq_poll(ef_vi *vi, ef_event *evs, int evs_len) {
         if ((int)v->e_tail == v->multi_open) v->multi_open = -1;
         evs[n++] = v->evq[v->e_tail++ % EVQ];
     }
+    pthread_mutex_unlock(&mu);
     return n;
+}
+
+/* ------------------------------------------------------------------ interrupts */
+
+static void wake(struct emul_vi *v) {
+    uint64_t one = 1;
+    if (v->armed_fd >= 0 && write(v->armed_fd, &one, sizeof one) == (ssize_t)sizeof one) W.wakes++;
+    v->armed_fd = -1;
+}
+
+/* The interrupt thread: wakes the primed VIs when the next frame arrives on the wire. */
+static void *waker(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        int any = 0;
+        for (int i = 0; i < W.nvis; i++) any |= W.vis[i]->armed_fd >= 0;
+        wire_next();
+        if (!any || !W.have) { /* nobody waits, or the wire is over: sleep until the next prime */
+            pthread_cond_wait(&W.armed, &mu);
+            continue;
+        }
+        uint64_t at = arrival(), now = now_real();
+        if (at <= now) {
+            for (int i = 0; i < W.nvis; i++) wake(W.vis[i]);
+            continue;
+        }
+        struct timespec ts = {(time_t)(at / 1000000000ull), (long)(at % 1000000000ull)};
+        pthread_cond_timedwait(&W.armed, &mu, &ts); /* CLOCK_REALTIME, like arrival() */
+    }
+    return NULL;
+}
+
+unsigned ef_eventq_current(ef_vi *vi) { return vi->emul->e_tail; }
+
+int ef_vi_prime(ef_vi *vi, ef_driver_handle dh, unsigned current_ptr) {
+    struct emul_vi *v = vi->emul;
+    uint64_t drain;
+    pthread_mutex_lock(&mu);
+    while (read(dh, &drain, sizeof drain) > 0) {} /* a new wait: forget earlier wakeups */
+    W.primes++;
+    v->armed_fd = dh;
+    wire_next();
+    if (v->e_head != current_ptr || (W.have && arrival() <= now_real())) {
+        wake(v); /* something is already there: interrupt at once */
+    } else if (W.pace && W.have) {
+        if (!W.waker_up) {
+            pthread_t t;
+            pthread_attr_t a;
+            pthread_attr_init(&a);
+            pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+            W.waker_up = pthread_create(&t, &a, waker, NULL) == 0;
+            pthread_attr_destroy(&a);
+        }
+        pthread_cond_signal(&W.armed);
+    }
+    pthread_mutex_unlock(&mu);
+    return 0;
 }
 
 int ef_vi_receive_unbundle(ef_vi *vi, const ef_event *ev, ef_request_id *ids) {
@@ -391,12 +520,16 @@ int ef_vi_receive_get_precise_timestamp(ef_vi *vi, const void *pkt, ef_preciseti
 /* ------------------------------------------------------------------ test oracles */
 
 int capfan_efvi_emul_done(void) {
+    pthread_mutex_lock(&mu);
     if (!W.done && !W.have) wire_next();
-    if (!W.done || W.have) return 0;
-    for (int i = 0; i < W.nvis; i++)
-        if (W.vis[i]->e_head != W.vis[i]->e_tail) return 0;
-    return 1;
+    int done = W.done && !W.have;
+    for (int i = 0; done && i < W.nvis; i++)
+        if (W.vis[i]->e_head != W.vis[i]->e_tail) done = 0;
+    pthread_mutex_unlock(&mu);
+    return done;
 }
+uint64_t capfan_efvi_emul_primes(void) { return W.primes; }
+uint64_t capfan_efvi_emul_wakes(void) { return W.wakes; }
 uint64_t capfan_efvi_emul_discards(int reason) { return reason >= 0 && reason < EF_EVENT_RX_DISCARD_MAX ? W.inj_discards[reason] : 0; }
 uint64_t capfan_efvi_emul_resets(void) { return W.inj_resets; }
 uint64_t capfan_efvi_emul_truncs(void) { return W.inj_trunc; }

@@ -6,6 +6,9 @@
  *
  *   - traffic: the packets of the classic pcap file $CAPFAN_SNF_EMUL_PCAP form the "wire" of
  *     port 0 (interface name "snf0"); the pcap timestamps become the hardware timestamps.
+ *     Or, with $CAPFAN_SNF_EMUL_IFACE=NAME, the wire is a live network interface (a veth in a
+ *     test namespace): frames it receives (not the ones it sends) are read from an AF_PACKET
+ *     socket opened at snf_start, with the kernel's receive time as the "hardware" timestamp.
  *     The wire is pumped lazily, on the receive calls of any ring, once at least one handle is
  *     started: every started handle (one per application id) gets every packet, spread over
  *     its rings by a symmetric flow hash (both directions of a flow land in one ring).
@@ -29,8 +32,15 @@
  *     library documents (defaults when the open arguments ask for them; SNF_APP_ID overrides).
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +111,7 @@ static wpkt *wire;
 static size_t wire_n, wire_pos;
 static int wire_loaded;
 static uint64_t nic_pkt_recv, nic_pkt_dropped, nic_bytes_recv;
+static int wire_sock = -1;  /* live interface feed, -1 = pcap */
 
 static long env_long(const char *name, long dflt) {
     const char *v = getenv(name);
@@ -110,9 +121,31 @@ static long env_long(const char *name, long dflt) {
 static uint16_t api_version(void) { return (uint16_t)env_long("CAPFAN_SNF_EMUL_API", 0x0008); }
 
 /* ---------------------------------------------------------------- the wire (a pcap file) */
+/* AF_PACKET socket on $CAPFAN_SNF_EMUL_IFACE with kernel receive timestamps (0, or -1 if it
+ * cannot be opened: the emulated port then has no traffic). */
+static int wire_open_iface(const char *name) {
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
+    if (fd < 0) return -1;
+    struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
+                              .sll_ifindex = (int)if_nametoindex(name)};
+    int on = 1;
+    if (!sll.sll_ifindex || bind(fd, (struct sockaddr *)&sll, sizeof sll) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0) {
+        close(fd);
+        return -1;
+    }
+    wire_sock = fd;
+    return 0;
+}
+
 static void wire_load(void) {
     if (wire_loaded) return;
     wire_loaded = 1;
+    const char *iface = getenv("CAPFAN_SNF_EMUL_IFACE");
+    if (iface && *iface) {
+        wire_open_iface(iface);
+        return;
+    }
     const char *path = getenv("CAPFAN_SNF_EMUL_PCAP");
     if (!path) return;
     FILE *f = fopen(path, "rb");
@@ -233,31 +266,63 @@ static void q_release_one(snf_ring *r) {
     r->used -= e->length_data;
 }
 
+/* One packet from the wire to every started application (its ring by flow hash). */
+static void wire_deliver(const wpkt *w, uint64_t nth) {
+    long drop_every = env_long("CAPFAN_SNF_EMUL_DROP_EVERY", 0);
+    nic_pkt_recv++;
+    nic_bytes_recv += (w->len + 8 + 4 + 15) & ~15u;
+    if (drop_every > 0 && nth % (uint64_t)drop_every == 0) {
+        nic_pkt_dropped++;
+        return;
+    }
+    uint32_t hash = flow_hash(w->data, w->len);
+    for (int i = 0; i < MAX_HANDLES; i++) {
+        snf_handle *h = &handles[i];
+        if (!h->in_use || !h->started) continue;
+        if ((h->flags & F_RX_DUPLICATE) == F_RX_DUPLICATE) {
+            for (int k = 0; k < h->num_rings; k++) q_push(&h->rings[k], w, hash);
+        } else {
+            q_push(&h->rings[hash % (uint32_t)h->num_rings], w, hash);
+        }
+    }
+}
+
+/* Frames the interface received since the last call (the ones it sent are skipped). */
+static void pump_iface(long burst) {
+    static uint8_t buf[65536];
+    for (long moved = 0; burst <= 0 || moved < burst; moved++) {
+        struct sockaddr_ll from;
+        char ctl[256];
+        struct iovec iov = {buf, sizeof buf};
+        struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1,
+                           .msg_control = ctl, .msg_controllen = sizeof ctl};
+        ssize_t n = recvmsg(wire_sock, &m, MSG_DONTWAIT | MSG_TRUNC);
+        if (n < 0) return;
+        if (from.sll_pkttype == PACKET_OUTGOING) continue;
+        wpkt w = {buf, (uint32_t)(n > (ssize_t)sizeof buf ? (ssize_t)sizeof buf : n), 0};
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+                struct timespec ts;
+                memcpy(&ts, CMSG_DATA(c), sizeof ts);
+                w.ts = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+            }
+        wire_deliver(&w, ++wire_pos);
+    }
+}
+
 static void pump(void) {
     int any = 0;
     for (int i = 0; i < MAX_HANDLES; i++) any |= handles[i].in_use && handles[i].started;
     if (!any) return;
     wire_load();
     long burst = env_long("CAPFAN_SNF_EMUL_BURST", 0);
-    long drop_every = env_long("CAPFAN_SNF_EMUL_DROP_EVERY", 0);
+    if (wire_sock >= 0) {
+        pump_iface(burst);
+        return;
+    }
     for (long moved = 0; wire_pos < wire_n && (burst <= 0 || moved < burst); moved++) {
         const wpkt *w = &wire[wire_pos++];
-        nic_pkt_recv++;
-        nic_bytes_recv += (w->len + 8 + 4 + 15) & ~15u;
-        if (drop_every > 0 && wire_pos % (size_t)drop_every == 0) {
-            nic_pkt_dropped++;
-            continue;
-        }
-        uint32_t hash = flow_hash(w->data, w->len);
-        for (int i = 0; i < MAX_HANDLES; i++) {
-            snf_handle *h = &handles[i];
-            if (!h->in_use || !h->started) continue;
-            if ((h->flags & F_RX_DUPLICATE) == F_RX_DUPLICATE) {
-                for (int k = 0; k < h->num_rings; k++) q_push(&h->rings[k], w, hash);
-            } else {
-                q_push(&h->rings[hash % (uint32_t)h->num_rings], w, hash);
-            }
-        }
+        wire_deliver(w, wire_pos);
     }
 }
 
@@ -274,7 +339,12 @@ static int wait_queued(snf_ring *r, int timeout_ms) {
         if (timeout_ms >= 0 && waited >= timeout_ms) return EAGAIN;
         long step = timeout_ms < 0 ? 10 : (timeout_ms - waited < 10 ? timeout_ms - waited : 10);
         pthread_mutex_unlock(&mu);
-        sleep_ms(step);
+        if (wire_sock >= 0) { /* a live wire: wake when a frame arrives */
+            struct pollfd pfd = {.fd = wire_sock, .events = POLLIN};
+            poll(&pfd, 1, (int)step);
+        } else {
+            sleep_ms(step);
+        }
         pthread_mutex_lock(&mu);
         waited += step;
         if (!r->open) return EINVAL;
@@ -414,6 +484,7 @@ int snf_ring_open(snf_handle_t h, snf_ring_t *out) { return snf_ring_open_id(h, 
 
 int snf_start(snf_handle_t h) {
     pthread_mutex_lock(&mu);
+    wire_load(); /* a live interface feed starts receiving now */
     int any = 0;
     for (int k = 0; k < h->num_rings; k++) any |= h->rings[k].open;
     if (any) h->started = 1;

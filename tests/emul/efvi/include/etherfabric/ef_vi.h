@@ -119,5 +119,8 @@ int ef_eventq_poll(ef_vi *vi, ef_event *evs, int evs_len);
 int ef_vi_receive_unbundle(ef_vi *vi, const ef_event *ev, ef_request_id *ids);
 int ef_vi_receive_get_bytes(ef_vi *vi, const void *pkt, uint16_t *bytes_out);
 int ef_vi_receive_get_precise_timestamp(ef_vi *vi, const void *pkt, ef_precisetime *ts_out);
+/* interrupts: the driver handle is a file descriptor to poll() after priming */
+unsigned ef_eventq_current(ef_vi *vi);
+int ef_vi_prime(ef_vi *vi, ef_driver_handle dh, unsigned current_ptr);
 
 #endif
