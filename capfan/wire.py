@@ -375,10 +375,12 @@ def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Batch:
         raise WireError(f"{where}: numpy refuses the layout ({e})", **who) from None
     packed = sum(t.itemsize for _, t, _ in fields)
     size = count * packed
-    if size > max_bytes or len(payload) > max_bytes:
-        raise WireError(f"frame 1: {count:,} records of {packed} bytes = {size:,} bytes "
-                        f"({len(payload):,} on the wire) exceed the {max_bytes:,}-byte limit",
-                        kind="oversized", **who)
+    # the decoded array holds itemsize bytes per record (padding included): bound that too, or a
+    # header with a large itemsize and few packed bytes would allocate past the limit
+    if count * max(itemsize, packed) > max_bytes or len(payload) > max_bytes:
+        raise WireError(f"frame 1: {count:,} records of {itemsize} bytes ({packed} packed) = "
+                        f"{count * itemsize:,} bytes ({len(payload):,} on the wire) exceed the "
+                        f"{max_bytes:,}-byte limit", kind="oversized", **who)
     try:
         raw = _decompress(_CODEC_NAME[codec_id], payload, size, "frame 1")
     except WireError as e:

@@ -144,6 +144,17 @@ def test_oversized_is_refused_before_decompressing(codec):
     assert e.value.kind == "oversized" and e.value.seq == 3
 
 
+def test_padded_records_count_their_full_size_against_the_limit():
+    """Found by the fuzz test: 1 packed byte per record in a 4000-byte item must not decode into
+    40 kB when the limit is 16 kB."""
+    dt = np.dtype({"names": ["x"], "formats": ["u1"], "offsets": [0], "itemsize": 4000})
+    frames = W.encode(W.Batch("h", "s", "", 4, np.zeros(10, dtype=dt)))
+    assert W.decode(frames, max_bytes=40_000).records.nbytes == 40_000
+    with pytest.raises(WireError, match="10 records of 4000 bytes .* exceed the 16,384-byte limit") as e:
+        W.decode(frames, max_bytes=16_384)
+    assert e.value.kind == "oversized"
+
+
 @pytest.mark.parametrize("codec", ["zstd", "lz4"])
 def test_zip_bomb_cannot_expand_beyond_the_declared_size(codec):
     """A payload that expands hugely, under a header declaring a small batch: refused without
