@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 from capfan.agents import config as agent_config
+from tests.conftest import ring_dir  # noqa: F401 - fixture
+from tests.netns import veth  # noqa: F401 - fixture
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+# capability numbers (include/uapi/linux/capability.h) of the ones a unit may name here
+CAP_BITS = {12: "CAP_NET_ADMIN", 13: "CAP_NET_RAW", 14: "CAP_IPC_LOCK", 21: "CAP_SYS_ADMIN", 23: "CAP_SYS_NICE",
+            39: "CAP_BPF"}
 AGENT_CAPS = {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_BPF", "CAP_IPC_LOCK", "CAP_SYS_NICE"}
 
 
@@ -132,3 +137,90 @@ def test_systemd_analyze_verify_accepts_the_units_without_a_warning(tmp_path, na
     # the check is live: a misspelt setting is reported
     rc, out = verify(tmp_path, name, re.sub(r"^ProtectHome=yes$", "ProtectHome=sometimes", text, flags=re.M))
     assert "protect home" in out.lower(), out
+
+
+# ---------------------------------------------------------------- the agent's set, for real
+
+def unit_privileges(caps: set[str], memlock: str) -> list[str]:
+    """prlimit + setpriv in front of a command: the unit's memlock limit and exactly `caps` (a
+    bounding set of those, nothing inheritable), no_new_privs. uid 0 keeps file access out of the
+    way (this host's interpreter may be out of an unprivileged user's reach); what the process
+    may do beyond file access is only those capabilities."""
+    limit = "unlimited" if memlock == "infinity" else memlock
+    bounding = ",".join(["-all", *(f"+{c.lower().removeprefix('cap_')}" for c in sorted(caps))])
+    prlimit = ["prlimit", f"--memlock={limit}:{limit}"]
+    # raising a hard limit needs CAP_SYS_RESOURCE, which some container sandboxes withhold from
+    # root; then the inherited limit stays (CAP_IPC_LOCK exempts the agent from it anyway)
+    if subprocess.run([*prlimit, "true"], capture_output=True).returncode != 0:
+        prlimit = []
+    return [*prlimit, "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs"]
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_agent_captures_af_xdp_with_exactly_the_unit_capabilities(agent, ring_dir, tmp_path, veth):
+    from tests.agents.agentrun import AgentRun, flow_frames, replay_pcap, rings_left
+    from tests.agents.test_agent_veth import all_delivered, send, xdp_prog
+
+    class UnitAgent(AgentRun):
+        """The agent started the way the unit starts it (limits and capabilities)."""
+
+        def __init__(self, *a, prefix, **kw):
+            super().__init__(*a, **kw)
+            self.prefix = prefix
+
+        def start(self, *args):
+            cmd = ["ip", "netns", "exec", self.ns, *self.prefix, shutil.which("capfan"), "agent", "-c", self.path]
+            self._err = open(self.errpath, "w")
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True,
+                                         env={**os.environ, "CAPFAN_RING_DIR": ring_dir})
+            return self
+
+    for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.peer_ns, veth.peer_if)):  # only our frames on the wire
+        for key in ("all", "default", ifc):
+            veth.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+    caps = words(agent, "AmbientCapabilities")
+
+    def cfg():
+        return {"agent": {"drain_timeout": 20}, "metrics": {"enabled": False},
+                "capture": [{"interface": veth.cap_if, "source": "afxdp", "name": "cap",
+                             "options": {"xdp_mode": "skb"}}],
+                "analyzer": [{"analyzer": "stats", "policy": "reliable", "options": {"interval": 3600}}]}
+
+    frames = flow_frames(1500, flows=17, seed=5)
+    os.makedirs(tmp_path / "ok")
+    a = UnitAgent(tmp_path / "ok", cfg(), ring_dir, ns=veth.cap_ns, name="unit",
+                  prefix=unit_privileges(caps, one(agent, "LimitMEMLOCK")))
+    try:
+        st = a.start().wait_running()
+        pid = a.worker(st, kind="capture")["pid"]
+        with open(f"/proc/{pid}/status") as f:
+            eff = int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+        assert {CAP_BITS.get(i, i) for i in range(64) if eff >> i & 1} == caps   # these, nothing else
+        assert xdp_prog(veth) is not None
+        assert send(veth, replay_pcap(tmp_path, frames), pps=4000) == len(frames)
+        a.wait_status(all_delivered(len(frames)), what="every packet delivered")
+        assert a.stop() == 0, a.log()
+    finally:
+        a.kill()
+    assert xdp_prog(veth) is None and rings_left(ring_dir) == []     # detached without CAP_SYS_ADMIN
+    # so the unit's restart finds the interface free again
+    os.makedirs(tmp_path / "again")
+    a = UnitAgent(tmp_path / "again", cfg(), ring_dir, ns=veth.cap_ns, name="again",
+                  prefix=unit_privileges(caps, one(agent, "LimitMEMLOCK")))
+    try:
+        a.start().wait_running()
+        assert xdp_prog(veth) is not None
+        assert a.stop() == 0, a.log()
+    finally:
+        a.kill()
+    assert xdp_prog(veth) is None
+    # the set is not larger than needed: without CAP_BPF the agent refuses, naming it
+    os.makedirs(tmp_path / "nobpf")
+    b = UnitAgent(tmp_path / "nobpf", cfg(), ring_dir, ns=veth.cap_ns, name="nobpf",
+                  prefix=unit_privileges(caps - {"CAP_BPF"}, "infinity"))
+    try:
+        assert b.start().wait(60) != 0
+    finally:
+        b.kill()
+    assert "CAP_BPF" in b.log() and "AmbientCapabilities=" in b.log(), b.log()
