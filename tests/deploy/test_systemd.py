@@ -224,3 +224,39 @@ def test_agent_captures_af_xdp_with_exactly_the_unit_capabilities(agent, ring_di
     finally:
         b.kill()
     assert "CAP_BPF" in b.log() and "AmbientCapabilities=" in b.log(), b.log()
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_af_xdp_second_queue_under_the_unit_capabilities_names_what_is_missing(agent, ring_dir, tmp_path):
+    """Known limit of the unit's set: a capture process of another queue cannot open the XDP
+    program the first one attached (opening by id needs CAP_SYS_ADMIN); it says so."""
+    from tests.agents.test_agent_veth import xdp_prog
+    from tests.netns import VethPair
+
+    v = VethPair().up(cap_queues=2, peer_queues=2)
+    prefix = unit_privileges(words(agent, "AmbientCapabilities"), one(agent, "LimitMEMLOCK"))
+    env = {**os.environ, "CAPFAN_RING_DIR": ring_dir}
+
+    def capture(queue):
+        return ["ip", "netns", "exec", v.cap_ns, *prefix, shutil.which("capfan"), "capture", v.cap_if,
+                "--ring", f"mq.q{queue}", "--source", "afxdp", "--queue", str(queue), "-o", "xdp_mode=skb",
+                "--ndesc", "4096", "--arena", "32M", "--duration", "60", "-q"]
+
+    first = subprocess.Popen(capture(0), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        from tests.conftest import wait_for
+        assert wait_for(lambda: xdp_prog(v) is not None or first.poll() is not None, 30, 0.05)
+        assert first.poll() is None, first.communicate()
+        second = subprocess.run(capture(1), capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode != 0
+        assert "queue 1" in second.stderr and "CAP_SYS_ADMIN" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        first.send_signal(2)
+        first.communicate(timeout=30)
+        assert xdp_prog(v) is None                     # the first capture still cleaned up after itself
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        v.down()
