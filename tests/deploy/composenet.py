@@ -221,8 +221,9 @@ class ComposeNet:
                    env={"PATH": os.environ["PATH"], "HOME": "/"}, cwd="/")
             self._user_ok = r.returncode == 0
             if not self._user_ok:
-                self.notes.append(f"uid {uid} cannot run {capfan} here ({(r.stderr.strip().splitlines() or ['?'])[-1]}): the services "
-                                  "run as uid 0 with no capability at all instead")
+                why = (r.stderr.strip().splitlines() or ["?"])[-1]
+                self.notes.append(f"uid {uid} cannot run {capfan} here ({why}): the services run as uid 0 with "
+                                  "no capability at all instead")
         return self._user_ok
 
     def _as_user(self, svc: Service) -> list[str]:

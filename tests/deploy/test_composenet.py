@@ -9,6 +9,7 @@ its namespace) are tshark's flow table of that capture: every flow once, seen by
 import json
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def cluster(tmp_path):
     try:
         yield net
     finally:
+        for note in net.notes:                 # where this host made the replica depart from the file
+            warnings.warn(note, stacklevel=1)
         made = list(net._made_on_host)
         namespaces = list(net._namespaces)
         net.down()

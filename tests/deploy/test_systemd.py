@@ -84,9 +84,9 @@ def test_collector_gets_no_capability(collect):
 @pytest.mark.parametrize("name", ["capfan-agent.service", "capfan-collect.service"])
 def test_units_run_unprivileged_and_sandboxed(name):
     u = parse_unit(UNITS / name)
-    role = "agent" if "agent" in name else "collect"
+    role, config = ("agent", "agent") if "agent" in name else ("collect", "collector")
     assert one(u, "User") == "capfan" and one(u, "Group") == "capfan"
-    assert one(u, "ExecStart") == f"/usr/local/bin/capfan {role} -c /etc/capfan/{'agent' if role == 'agent' else 'collector'}.toml"
+    assert one(u, "ExecStart") == f"/usr/local/bin/capfan {role} -c /etc/capfan/{config}.toml"
     assert one(u, "StateDirectory") == "capfan"
     for key, want in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
                       "PrivateTmp": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
