@@ -141,14 +141,15 @@ def _healthcheck(hc, where: str) -> list[str] | None:
     raise ComposeError(f"{where}: healthcheck test {test!r}")
 
 
-def load(path: Path | str = COMPOSE) -> Compose:
-    """Parse a compose file (services with profiles are left out: compose does not start them by default)."""
+def load(path: Path | str = COMPOSE, profiles=()) -> Compose:
+    """Parse a compose file; services with profiles only when one of theirs is in `profiles`
+    (compose does not start them by default either)."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text())
     base = path.parent
     services = {}
     for name, s in raw.get("services", {}).items():
-        if s.get("profiles"):
+        if s.get("profiles") and not set(s["profiles"]) & set(profiles):
             continue
         where = f"services.{name}"
         deps = s.get("depends_on") or {}

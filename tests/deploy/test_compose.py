@@ -16,6 +16,8 @@ from tests.deploy.composefile import REPO
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 AGENT_ROLES = ("sensor-a", "sensor-b")
+KEY_NAMES = ("collector", *AGENT_ROLES, "sensor-live")
+UNITS = REPO / "deploy" / "systemd"
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +75,15 @@ def test_services_and_their_wiring(compose):
 
 def test_only_the_api_is_published_and_only_on_loopback(compose):
     published = {n: v.ports for n, v in compose.services.items() if v.ports}
-    assert published == {"collector": ["127.0.0.1:8477:8477"]}
+    # the API, and the CURVE intake for the optional sensor on the host network
+    assert published == {"collector": ["127.0.0.1:8477:8477", "127.0.0.1:5557:5557"]}
     cfg = tomllib.loads((REPO / "deploy/compose/collector.toml").read_text())
     assert cfg["api"]["listen"].rsplit(":", 1)[1] == "8477"
+    assert cfg["collector"]["listen"].rsplit(":", 1)[1] == "5557" and cfg["security"]["mode"] == "curve"
 
 
-def test_mounted_host_paths_exist(compose):
+def test_mounted_host_paths_exist():
+    compose = composefile.load(profiles=("live",))
     missing = [f"{n}: {m.source} -> {m.target}" for n, v in compose.services.items() for m in v.mounts
                if m.kind == "bind" and not os.path.exists(m.source)]
     assert not missing, missing
@@ -115,7 +120,7 @@ def test_keys_service_makes_every_key_once(compose, tmp_path):
     vols = volumes_as_dirs(compose, tmp_path)
     run_keys_service(compose.services["keys"], vols)
     keydir = vols["keys"]
-    names = ["collector", *AGENT_ROLES]
+    names = KEY_NAMES
     assert sorted(os.listdir(keydir)) == sorted(f"{n}{ext}" for n in names for ext in (".key", ".key_secret"))
     before = {f: open(os.path.join(keydir, f)).read() for f in os.listdir(keydir)}
     # idempotent: a second run (docker compose up again) keeps the keys; a half-written pair is redone
@@ -172,14 +177,38 @@ def test_collector_config_passes_the_collector_validation(compose, tmp_path):
     host, raw = mounted_config(svc, vols)
     cfg = collector_config.resolve(raw, os.path.dirname(host))
     assert cfg["security"]["mode"] == "curve"
-    public = {n: open(os.path.join(vols["keys"], f"{n}.key")).read() for n in AGENT_ROLES}
-    assert len(cfg["security"]["authorized"]) == 2
+    public = {n: open(os.path.join(vols["keys"], f"{n}.key")).read() for n in (*AGENT_ROLES, "sensor-live")}
+    assert len(cfg["security"]["authorized"]) == 3
     assert all(any(k in text for text in public.values()) for k in cfg["security"]["authorized"])
     # the store is ClickHouse, the compose service of that name, on its native port
     assert cfg["collector"]["engine"] == "clickhouse"
     assert cfg["clickhouse"]["host"] == "clickhouse" and "clickhouse" in compose.services
     assert cfg["clickhouse"]["port"] == 9000
     assert cfg["collector"]["store"].startswith(vols["collector-data"] + "/")   # its journal: on the volume
+
+
+def test_live_sensor_profile_gets_the_capture_capabilities_and_nothing_else(tmp_path, ring_dir):
+    from capfan.agents import config as agent_config
+    from tests.deploy.test_systemd import parse_unit, words
+    full = composefile.load(profiles=("live",))
+    assert "sensor-live" not in composefile.load().services          # only with --profile live
+    svc = full.services["sensor-live"]
+    raw = svc.raw
+    unit_caps = words(parse_unit(UNITS / "capfan-agent.service"), "AmbientCapabilities")
+    assert {f"CAP_{c}" for c in raw["cap_add"]} == unit_caps           # the same set as the systemd unit
+    assert raw["cap_drop"] == ["ALL"] and svc.user == "0:0" and raw["network_mode"] == "host"
+    assert raw["ulimits"]["memlock"] == -1 and "networks" not in raw
+    vols = volumes_as_dirs(full, tmp_path)
+    run_keys_service(full.services["keys"], vols)
+    host, doc = mounted_config(svc, vols)
+    # the NIC is the user's to name: host checks off (no such interface here), the rest validated
+    cfg = agent_config.build(doc, path=host, base=os.path.dirname(host), check_host=False)
+    assert [c.source for c in cfg.captures] == ["afxdp"] and cfg.captures[0].queue == 0
+    published = [p.split(":") for p in full.services["collector"].ports]
+    intake = next(p for p in published if p[2] == "5557")
+    assert [c["endpoint"] for c in cfg.exporter.collectors] == [f"tcp://{intake[0]}:{intake[1]}"]
+    ring = cfg.captures[0].geometry
+    assert ring["ndesc"] * 32 + ring["arena"] + (1 << 20) < svc.shm_size
 
 
 def test_clickhouse_schema_mounted_for_first_start(compose):

@@ -84,7 +84,7 @@ def test_compose_cluster_on_namespaces_stores_the_oracle_flows_once_per_flow(clu
     # keys ran once and made a pair per role, in the shared volume
     assert net.procs["keys"].proc.returncode == 0
     keydir = Path(net.volumes["keys"])
-    assert sorted(os.listdir(keydir)) == sorted(f"{n}{e}" for n in ("collector", *SENSORS)
+    assert sorted(os.listdir(keydir)) == sorted(f"{n}{e}" for n in ("collector", *SENSORS, "sensor-live")
                                                 for e in (".key", ".key_secret"))
     for s in SENSORS:
         net.wait(s, "service_completed_successfully", timeout=180)
@@ -92,7 +92,7 @@ def test_compose_cluster_on_namespaces_stores_the_oracle_flows_once_per_flow(clu
         assert "every replay ended and the analyzers drained" in log and "not yet acknowledged" not in log, log
     assert net.healthy("collector") and net.healthy("clickhouse")
     banner = net.procs["collector"].log()
-    assert "(curve)" in banner and "authorized agent keys: 2" in banner, banner
+    assert "(curve)" in banner and "authorized agent keys: 3" in banner, banner
 
     pcap = samplepcap.path()
     gen = samplepcap.flows()
