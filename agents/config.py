@@ -149,6 +149,9 @@ EXPORT = {
     "spool_policy": C.Field(str, "drop_oldest", "when the spool is full: drop_oldest or drop_new",
                             C.one_of("drop_oldest", "drop_new")),
     "window": C.Field(int, 64, "batches in flight per collector before waiting for acks", C.positive),
+    "route": C.Field(str, "all", "all (every collector gets every batch) or flow-hash (each flow record goes to "
+                                 "one collector by its canonical key hash; list collectors in the same order "
+                                 "on every agent)", C.one_of("all", "flow-hash")),
     "health_interval": C.Field((int, float), 10.0, "seconds between health records (queue counters)",
                                C.positive),
     "drain_timeout": C.Field((int, float), 30.0, "seconds the exporter gets to deliver the spool at shutdown",
@@ -238,6 +241,7 @@ class ExporterWorker:
     window: int
     health_interval: float
     drain_timeout: float
+    route: str = "all"                # "all" or "flow-hash" (agents/routing.py)
     cpu_want: int | str | None = "auto"
     cpu: int | None = None
     id: str = "exporter"
@@ -352,6 +356,9 @@ def _exporter(e: dict, host: str, rel) -> ExporterWorker | None:
         port = c["endpoint"].rpartition(":")[2] if c["endpoint"].startswith("tcp://") else None
         if port is not None and not 1 <= int(port) <= 65535:
             raise ConfigError(key, f"{c['endpoint']!r}: port {int(port)} is outside 1-65535")
+        if e["route"] == "flow-hash" and any(c["endpoint"] == prev["endpoint"] for prev in collectors):
+            raise ConfigError(key, f"{c['endpoint']!r} is listed twice; route = \"flow-hash\" sends each flow "
+                                   "to one collector, so each must be listed once")
         server = _server_key(c.get("server_key"), f"{key}.server_key", rel, keys) or default_server
         if e["security"] == "curve" and not server:
             raise ConfigError("export.server_key", "security = \"curve\" needs the collector's public key: set "
@@ -372,7 +379,8 @@ def _exporter(e: dict, host: str, rel) -> ExporterWorker | None:
     return ExporterWorker(spool_dir=os.path.join(rel(e["spool_dir"], "export.spool_dir"), host), host=host,
                           collectors=collectors, curve=curve, spool_max=e["spool_max"],
                           spool_policy=e["spool_policy"], window=e["window"],
-                          health_interval=e["health_interval"], drain_timeout=e["drain_timeout"])
+                          health_interval=e["health_interval"], drain_timeout=e["drain_timeout"],
+                          route=e["route"])
 
 
 def _server_key(value, key: str, rel, keys) -> str | None:

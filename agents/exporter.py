@@ -2,6 +2,11 @@
 ZeroMQ DEALER (CURVE-encrypted unless plain text was chosen), deletes a batch once every collector
 acked it, resends whatever was unacked after a reconnect or an ack timeout.
 
+With route = "flow-hash" (agents/routing.py) a flow batch is split at claim time and each
+collector is sent only its part, under the batch's (host, seq); the batch is due only to the
+collectors that got a non-empty part and leaves the spool when all of those acked. A collector
+that is down keeps its parts spooled while the others go on.
+
 Delivery is at-least-once per collector: a batch can arrive twice (sent, connection lost before
 the ack), the collector recognises (host, seq) and acks again. Order is seq order except for resends.
 """
@@ -21,6 +26,7 @@ from capfan import keys, wire
 from capfan.errors import CapfanError
 
 from . import spool as spoolmod
+from .routing import ROUTES, FlowHashSplit
 
 log = logging.getLogger("capfan.agents.exporter")
 
@@ -47,6 +53,8 @@ class _Link:
         self.resend: list[int] = []           # heap of seqs to send again before new ones
         self.next_new = 0                     # every pending seq >= this is unsent on this link
         self.sent = self.acked = self.resent = self.duplicates = self.rejected = self.bad_acks = 0
+        self.records_sent = self.records_acked = 0
+        self.part_records: dict[int, int] = {}  # seq -> records in this collector's part (sent, not acked)
         self.connects = self.disconnects = 0
         self.last_ack_ns = 0
         self.last_error = ""
@@ -61,6 +69,7 @@ class _Link:
         """This collector's counters."""
         return {"endpoint": self.endpoint, "connected": self.connected, "inflight": len(self.inflight),
                 "sent": self.sent, "acked": self.acked, "resent": self.resent, "duplicates_acked": self.duplicates,
+                "records_sent": self.records_sent, "records_acked": self.records_acked,
                 "rejected": self.rejected, "bad_acks": self.bad_acks, "connects": self.connects,
                 "disconnects": self.disconnects, "last_ack_ns": self.last_ack_ns, "last_error": self.last_error}
 
@@ -71,9 +80,12 @@ class Exporter:
     def __init__(self, spool_dir: str, host: str, collectors: list[dict], curve: dict | None, window: int = 64,
                  codec: str | None = None, ack_timeout: float = 30.0, heartbeat_ivl: float = 1.0,
                  heartbeat_timeout: float = 5.0, reconnect_ivl: float = 0.1, reconnect_ivl_max: float = 5.0,
-                 claim_interval: float = 0.05, resync_interval: float = 5.0, max_ack_bytes: int = 1 << 20):
+                 claim_interval: float = 0.05, resync_interval: float = 5.0, max_ack_bytes: int = 1 << 20,
+                 route: str = "all"):
         if not collectors:
             raise ExporterError("no collectors configured: give at least one {endpoint, server_key}")
+        if route not in ROUTES:
+            raise ExporterError(f"route {route!r} is not one of {', '.join(ROUTES)}")
         if window < 1:
             raise ExporterError(f"window must be at least 1, not {window}")
         if curve is not None:
@@ -97,14 +109,24 @@ class Exporter:
         self.ack_timeout, self.hb_ivl, self.hb_timeout = ack_timeout, heartbeat_ivl, heartbeat_timeout
         self.reconnect_ivl, self.reconnect_ivl_max = reconnect_ivl, reconnect_ivl_max
         self.claim_interval, self.resync_interval, self.max_ack_bytes = claim_interval, resync_interval, max_ack_bytes
-        self.spool_dir = spool_dir
-        self.spool = spoolmod.Spool(spool_dir, host=host, codec=codec)
-        self.pending: list[int] = self.spool.pending()
-        everyone = frozenset(range(len(self.links)))
-        self.owed: dict[int, set[int]] = {s: set(everyone) for s in self.pending}  # links yet to ack
+        self.spool_dir, self.route = spool_dir, route
+        self._link_of = {ln.endpoint: ln.idx for ln in self.links}
+        split = None
+        if route == "flow-hash":
+            if len(self._link_of) != len(self.links):
+                raise ExporterError("route \"flow-hash\" needs distinct collector endpoints; one is listed twice")
+            split = FlowHashSplit([ln.endpoint for ln in self.links])
+        self.spool = spoolmod.Spool(spool_dir, host=host, codec=codec, split=split)
         self.rejections: dict[int, str] = {}
+        self.owed: dict[int, set[int]] = {}  # seq -> links yet to ack it
+        self.pending: list[int] = []
+        for seq in self.spool.pending():
+            owed = self._due_links(seq)
+            if owed:
+                self.pending.append(seq)
+                self.owed[seq] = owed
         self.acked = self.rejected = self.gone = 0
-        self._frames: dict[int, list[bytes]] = {}
+        self._frames: dict[int, dict] = {}  # seq -> load_parts(seq), for one round
         self._spool_stats: dict = {}
         self._spool_stats_at = -1e18
         self.ctx = None
@@ -191,11 +213,26 @@ class Exporter:
 
     def _claim(self) -> int:
         new = self.spool.claim()
-        everyone = range(len(self.links))
         for seq in new:  # claimed seqs are above every pending one
-            self.pending.append(seq)
-            self.owed[seq] = set(everyone)
+            owed = self._due_links(seq)
+            if owed:
+                self.pending.append(seq)
+                self.owed[seq] = owed
         return len(new)
+
+    def _due_links(self, seq: int) -> set[int]:
+        """The links batch `seq` is due to: all, or those its parts are addressed to. Parts for a
+        collector no longer configured go back to the spool's incoming/ to be routed again."""
+        due = self.spool.due(seq)
+        if due is None:
+            return set(range(len(self.links)))
+        if any(ep not in self._link_of for ep in due):
+            try:
+                due = self.spool.respool(seq, self._link_of)
+            except (CapfanError, OSError) as e:
+                log.error("batch %d: cannot re-route the parts of removed collectors: %s", seq, e)
+                due = tuple(ep for ep in due if ep in self._link_of)
+        return {self._link_of[ep] for ep in due}
 
     def _resync(self) -> None:
         """Forget batches a full spool dropped (drop_oldest) behind our back."""
@@ -212,14 +249,17 @@ class Exporter:
         self.rejections.pop(seq, None)
         for ln in self.links:
             ln.inflight.pop(seq, None)
+            ln.part_records.pop(seq, None)
 
-    def _load(self, seq: int) -> list[bytes] | None:
-        f = self._frames.get(seq)
-        if f is None:
-            f = self.spool.load(seq)
-            if f is not None:
-                self._frames[seq] = f
-        return f
+    def _load(self, seq: int, ln: _Link) -> tuple[int, list[bytes]] | None:
+        """(records, frames) of what `ln` is to be sent of batch `seq`; None if the batch is gone."""
+        parts = self._frames.get(seq)
+        if parts is None:
+            parts = self.spool.load_parts(seq)
+            if parts is None:
+                return None
+            self._frames[seq] = parts
+        return parts.get(None) or parts.get(ln.endpoint)
 
     # ------------------------------------------------------------ send / ack
 
@@ -240,11 +280,17 @@ class Exporter:
                 ln.next_new = seq + 1
                 if ln.idx not in self.owed[seq]:
                     continue
-            frames = self._load(seq)
-            if frames is None:  # dropped to make room, or corrupt (moved to rejected/)
+            part = self._load(seq, ln)
+            if part is None:  # dropped to make room, or corrupt (moved to rejected/)
+                if seq in self._frames:  # the file is there but holds no part for ln: not due after all
+                    self.owed[seq].discard(ln.idx)
+                    if not self.owed[seq]:
+                        self._settle(seq)
+                    continue
                 self._forget(seq)
                 self.gone += 1
                 continue
+            nrec, frames = part
             try:
                 ln.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
             except zmq.Again:  # not connected (IMMEDIATE) or the pipe is full: later
@@ -256,6 +302,8 @@ class Exporter:
             ln.inflight[seq] = now
             ln.sent += 1
             ln.resent += again
+            ln.records_sent += nrec
+            ln.part_records[seq] = nrec
 
     def _recv(self, ln: _Link) -> None:
         while True:
@@ -284,12 +332,16 @@ class Exporter:
         owed.discard(ln.idx)
         if reason is None:
             ln.acked += 1
+            ln.records_acked += ln.part_records.pop(seq, 0)
         else:
             ln.rejected += 1
             self.rejections[seq] = reason
             log.warning("collector %s rejected batch %d for good: %s", ln.endpoint, seq, reason)
-        if owed:
-            return
+        if not owed:
+            self._settle(seq)
+
+    def _settle(self, seq: int) -> None:
+        """Every collector due batch `seq` answered: delete it, or move it to rejected/ if one refused it."""
         reason = self.rejections.get(seq)
         self._forget(seq)
         self._frames.pop(seq, None)
@@ -363,7 +415,7 @@ class Exporter:
             self._spool_stats_at = now
         sp = self._spool_stats
         per = [ln.stats() for ln in self.links]
-        return {"host": self.host, "sent": sum(p["sent"] for p in per), "acked": self.acked,
+        return {"host": self.host, "route": self.route, "sent": sum(p["sent"] for p in per), "acked": self.acked,
                 "resent": sum(p["resent"] for p in per), "duplicates_acked": sum(p["duplicates_acked"] for p in per),
                 "rejected": self.rejected, "pending": len(self.pending), "gone": self.gone,
                 "next_seq": self.spool.next_seq, "spool_bytes": sp.get("spool_bytes", 0),

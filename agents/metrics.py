@@ -77,6 +77,14 @@ COLLECTOR_METRICS = (   # per collector endpoint of the exporter
      lambda c: 1 if c.get("connected") else 0),
     ("capfan_export_collector_inflight_batches", "gauge", "Batches sent to the collector, not yet acknowledged.",
      "inflight"),
+    ("capfan_export_collector_sent_batches_total", "counter",
+     "Batches (or, with route flow-hash, batch parts) sent to the collector, resends included.", "sent"),
+    ("capfan_export_collector_acked_batches_total", "counter", "Batches (or parts) the collector acknowledged.",
+     "acked"),
+    ("capfan_export_collector_sent_records_total", "counter", "Records sent to the collector, resends included.",
+     "records_sent"),
+    ("capfan_export_collector_acked_records_total", "counter", "Records the collector acknowledged.",
+     "records_acked"),
 )
 AGENT_INFO = ("capfan_agent_info", "gauge", "Always 1; the labels name the agent and the capfan version.",
               lambda a: 1)

@@ -244,14 +244,22 @@ def _queue_irqs(iface, queue, sysfs, proc, names: dict[int, list[str]]):
 
 def _serves_queue(name: str, tokens: list[str], queue: int) -> bool:
     """Whether an IRQ action name is the vector of `queue` of the device known by `tokens`."""
-    if not any(_mentions(name, token) for token in tokens):
-        return False
     # the whole trailing number is compared, so queue 1 never matches "eth0-TxRx-11"
+    return irq_queue(name, tokens) == queue
+
+
+def irq_queue(name: str, tokens: list[str]) -> int | None:
+    """The receive queue an IRQ action name serves on the device known by `tokens` (interface
+    name, PCI address, virtio device); None when it is not such a vector."""
+    if not any(_mentions(name, token) for token in tokens):
+        return None
     m = _COMP_RE.search(name) or _VIRTIO_RE.search(name)
     if m:
-        return int(m.group(1)) == queue
+        return int(m.group(1))
     m = _SUFFIX_RE.search(name)
-    return bool(m) and (m.group("kind") or "").lower() in _RX_KINDS and int(m.group("q")) == queue
+    if m and (m.group("kind") or "").lower() in _RX_KINDS:
+        return int(m.group("q"))
+    return None
 
 
 def _mentions(name: str, token: str) -> bool:
@@ -269,16 +277,21 @@ def _msi_irqs(path: str) -> set[int] | None:
 
 
 def _interrupt_names(proc: str) -> dict[int, list[str]]:
-    """IRQ number -> action names from /proc/interrupts (last column; a shared IRQ lists several)."""
+    """IRQ number -> action names from /proc/interrupts."""
+    return parse_interrupts(_read(os.path.join(proc, "interrupts")) or "")
+
+
+def parse_interrupts(text: str) -> dict[int, list[str]]:
+    """/proc/interrupts text -> IRQ number -> action names (last column; a shared IRQ lists several)."""
     names: dict[int, list[str]] = {}
-    for line in (_read(os.path.join(proc, "interrupts")) or "").splitlines()[1:]:
+    for line in text.splitlines()[1:]:
         parts = line.split()
         if len(parts) < 3 or not parts[0].endswith(":") or not parts[0][:-1].isdigit():
             continue  # the CPU header, NMI/LOC/... rows
         actions = [parts[-1]]
         i = len(parts) - 2
         while i > 0 and parts[i].endswith(","):  # "eth0-rx-0, eth0-tx-0" on a shared line
-            actions.append(parts[i][:-1])
+            actions.insert(0, parts[i][:-1])
             i -= 1
         names[int(parts[0][:-1])] = actions
     return names
@@ -379,7 +392,7 @@ def place(requests: list[PinRequest], allowed: set[int] | None = None,
             f"{req.label} on CPU {cpu} shares the core with {irqs} of {req.iface} queue "
             f"{req.queue}: the queue's interrupt and softirq work competes with the capture loop; "
             f"move the IRQ to another core (`{moves}`, and keep irqbalance from moving it back), "
-            "or use `capfan tune` later")
+            "or let `capfan tune -c CONFIG --apply` do it")
     return cpus, warnings
 
 

@@ -16,7 +16,10 @@ File format (both directories): b"CFSPOOL1\\n", one JSON header line, then the p
     the analyzer (which may hold the capture) never pays for compression, and no placeholder seq
     outside the wire's 1..2**63-1 range ever exists.
   - outgoing/rejected: {"kind": "wire", "seq", "stream", "records": n, "frames": [len, ...]} + the
-    wire frames of capfan.wire.encode concatenated; a (re)send is a file read.
+    wire frames of capfan.wire.encode concatenated; a (re)send is a file read. A batch split per
+    collector (`[export] route = "flow-hash"`, agents/routing.py) also has "parts": [[endpoint,
+    records, number of frames], ...]: each part is its own wire batch under the same seq, its
+    frames in part order; only the listed collectors are due the batch.
 
 Sequence numbers: `next_seq` is fsync'ed to cover a whole claim round BEFORE any incoming file is
 renamed, so a crash can leave gaps but never reuses a seq. A fresh spool starts at the wall clock
@@ -25,6 +28,7 @@ already stored for this host (it would drop reused ones as duplicates).
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
@@ -82,9 +86,10 @@ def read_header(path: str) -> dict:
     """Only the JSON header of a spool file ({} if unreadable): record counts for the counters."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
-        nl = head.find(b"\n", len(MAGIC))
-        return json.loads(head[len(MAGIC):nl]) if head.startswith(MAGIC) and nl > 0 else {}
+            if f.read(len(MAGIC)) != MAGIC:
+                return {}
+            line = f.readline(1 << 20)  # a split batch's header grows with the number of collectors
+        return json.loads(line) if line.endswith(b"\n") else {}
     except (OSError, ValueError):
         return {}
 
@@ -158,6 +163,21 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
+
+
+def _parts_of(meta: dict, path: str) -> list[tuple[str, int, int]] | None:
+    """The [(endpoint, records, frames)] of a split outgoing batch; None for a whole batch."""
+    parts = meta.get("parts")
+    if parts is None:
+        return None
+    try:
+        out = [(str(ep), int(n), int(k)) for ep, n, k in parts]
+    except (TypeError, ValueError):
+        raise SpoolError(f"{path}: malformed parts list in the header") from None
+    if sum(k for _, _, k in out) != len(meta["frames"]) or len({ep for ep, _, _ in out}) != len(out) \
+            or any(k < 1 or n < 0 for _, n, k in out):
+        raise SpoolError(f"{path}: the parts do not match the frames")
+    return out
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -366,9 +386,12 @@ class SpoolWriter:
 class Spool:
     """The exporter's view: claims incoming batches into seq-numbered outgoing files."""
 
-    def __init__(self, spool_dir: str, host: str | None = None, codec: str | None = None):
-        # host: stamped on every outgoing batch (seqs are this host's); None keeps the writer's
-        self.spool_dir, self.host, self.codec = spool_dir, host, codec
+    def __init__(self, spool_dir: str, host: str | None = None, codec: str | None = None, split=None):
+        # host: stamped on every outgoing batch (seqs are this host's); None keeps the writer's.
+        # split(stream, records) -> {endpoint: records} or None (every collector): see agents/routing.py
+        self.spool_dir, self.host, self.codec, self.split = spool_dir, host, codec, split
+        self._due: dict[int, tuple[str, ...] | None] = {}  # routing of batches claimed by this object
+        self._n_respooled = 0
         _make_dirs(spool_dir)
         self.incoming, self.outgoing, self.rejected_dir = _dirs(spool_dir)
         n = _read_next_seq(spool_dir)
@@ -437,15 +460,24 @@ class Spool:
             arr = np.lib.format.read_array(io.BytesIO(payload), allow_pickle=False)
             batch = wire.Batch(host=self.host or meta["host"], stream=meta["stream"], source=meta.get("source", ""), seq=seq,
                                records=arr, created_ns=int(meta.get("created_ns", 0)))
-            frames = wire.encode(batch, self.codec)
+            parts = self.split(batch.stream, arr) if self.split is not None else None
+            if parts is None:
+                frames = wire.encode(batch, self.codec)
+            else:
+                encoded = {ep: wire.encode(dataclasses.replace(batch, records=r), self.codec)
+                           for ep, r in parts.items()}
+                frames = [f for fs in encoded.values() for f in fs]
         except (CapfanError, ValueError, KeyError, TypeError, OSError) as e:
             log.warning("spool batch %d cannot be encoded, moved to rejected/: %s", seq, e)
             self._move_rejected(claim, seq, f"unencodable spool file: {e}", read_header(claim).get("records", 0))
             return False
-        head = _pack_header({"kind": "wire", "seq": seq, "stream": batch.stream, "records": len(arr),
-                             "frames": [len(f) for f in frames]})
-        _write_atomic(self._path(seq), [head, *frames])
+        meta = {"kind": "wire", "seq": seq, "stream": batch.stream, "records": len(arr),
+                "frames": [len(f) for f in frames]}
+        if parts is not None:
+            meta["parts"] = [[ep, len(parts[ep]), len(fs)] for ep, fs in encoded.items()]
+        _write_atomic(self._path(seq), [_pack_header(meta), *frames])
         os.unlink(claim)
+        self._due[seq] = None if parts is None else tuple(parts)
         return True
 
     def pending(self) -> list[int]:
@@ -459,14 +491,27 @@ class Spool:
         return out
 
     def load(self, seq: int) -> list[bytes] | None:
-        """The wire frames of batch `seq`; None if it is gone (dropped to make room, or corrupt:
-        then moved to rejected/)."""
+        """The wire frames of batch `seq` (a batch for every collector; a split one: SpoolError,
+        see load_parts); None if it is gone (dropped to make room, or corrupt: then moved to
+        rejected/)."""
+        parts = self.load_parts(seq)
+        if parts is None:
+            return None
+        if None not in parts:
+            raise SpoolError(f"batch {seq} is split per collector; load its parts with load_parts")
+        return parts[None][1]
+
+    def load_parts(self, seq: int) -> dict[str | None, tuple[int, list[bytes]]] | None:
+        """{endpoint: (records, wire frames)} of batch `seq`; the key None (alone) means "the
+        whole batch, for every collector". None if the batch is gone (dropped to make room, or
+        corrupt: then moved to rejected/)."""
         path = self._path(seq)
         try:
             meta, payload = read_file(path)
             lens = [int(n) for n in meta["frames"]]
             if sum(lens) != len(payload) or any(n < 0 for n in lens):
                 raise SpoolError(f"{path}: frame lengths do not match the file size")
+            layout = _parts_of(meta, path)
         except FileNotFoundError:
             return None
         except (SpoolError, KeyError, TypeError, ValueError) as e:
@@ -477,7 +522,55 @@ class Spool:
         for n in lens:
             frames.append(payload[off:off + n])
             off += n
-        return frames
+        if layout is None:
+            return {None: (int(meta.get("records", 0)), frames)}
+        out, i = {}, 0
+        for ep, nrec, nfr in layout:
+            out[ep] = (nrec, frames[i:i + nfr])
+            i += nfr
+        return out
+
+    def due(self, seq: int) -> tuple[str, ...] | None:
+        """The collector endpoints batch `seq` was split for, or None (every collector, or the
+        file is unreadable: load_parts decides then)."""
+        if seq in self._due:
+            return self._due.pop(seq)
+        meta = read_header(self._path(seq))
+        try:
+            layout = _parts_of(meta, self._path(seq)) if meta else None
+        except (KeyError, SpoolError):
+            return None
+        return None if layout is None else tuple(ep for ep, _, _ in layout)
+
+    def respool(self, seq: int, keep) -> tuple[str, ...]:
+        """Take the parts of split batch `seq` addressed to endpoints not in `keep` (collectors
+        no longer configured) back to incoming/ as new batches, which the next claim routes
+        afresh; the endpoints still due. The batch file goes when no part is left."""
+        parts = self.load_parts(seq)
+        if not parts or None in parts:
+            return ()
+        stay = {ep: p for ep, p in parts.items() if ep in keep}
+        for ep, (nrec, frames) in parts.items():
+            if ep in stay:
+                continue
+            b = wire.decode(frames)
+            self._n_respooled += 1
+            name = f"{time.time_ns():020d}-{os.getpid():07d}-r{self._n_respooled:07d}.batch"
+            head = _pack_header({"kind": "records", "host": b.host, "stream": b.stream, "source": b.source,
+                                 "created_ns": b.created_ns, "records": len(b.records)})
+            # written before the part leaves the batch file: a crash in between repeats it, never loses it
+            _write_atomic(os.path.join(self.incoming, name), (head, _npy_bytes(b.records)))
+            log.warning("batch %d: the part for %s (%d records), no longer a configured collector, is "
+                        "routed again over the current collectors", seq, ep, nrec)
+        path = self._path(seq)
+        if not stay:
+            os.unlink(path)
+            return ()
+        meta = read_file(path)[0]
+        meta.update(records=sum(n for n, _ in stay.values()), parts=[[ep, n, len(fs)] for ep, (n, fs) in stay.items()],
+                    frames=[len(f) for _, fs in stay.values() for f in fs])
+        _write_atomic(path, [_pack_header(meta), *(f for _, fs in stay.values() for f in fs)])
+        return tuple(stay)
 
     def ack(self, seq: int) -> None:
         """Delete batch `seq` (every collector has it)."""

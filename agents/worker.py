@@ -146,7 +146,8 @@ def run_exporter(spec: dict, rep: Reporter) -> int:
     from capfan.capturecli import StopOnSignal  # noqa: PLC0415
 
     stop = StopOnSignal().install()
-    exp = Exporter(spec["spool_dir"], spec["host"], spec["collectors"], spec["curve"], window=spec["window"])
+    exp = Exporter(spec["spool_dir"], spec["host"], spec["collectors"], spec["curve"], window=spec["window"],
+                   route=spec.get("route", "all"))
     rep.update(ready=True, state="running", stats=exp.stats())
     exp.run(lambda: bool(stop), report=lambda st: rep.update(stats=st), report_every=REPORT_EVERY_S)
     rep.update(state="stopped", stats=exp.stats())

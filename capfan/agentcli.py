@@ -21,8 +21,9 @@ def plan_lines(cfg, warnings: list[str]) -> list[str]:
     if e is None:
         lines.append(f"export: off (records stay in {cfg.out} as JSON lines)")
     else:
+        route = ", flows routed by flow hash" if e.route == "flow-hash" else ""
         lines.append(f"export: to {', '.join(c['endpoint'] for c in e.collectors)} "
-                     f"({'curve' if e.curve else 'plain'}), spool {e.spool_dir} (max {e.spool_max >> 20} MiB, "
+                     f"({'curve' if e.curve else 'plain'}{route}), spool {e.spool_dir} (max {e.spool_max >> 20} MiB, "
                      f"{e.spool_policy})")
     for w in cfg.captures:
         what = w.file if w.source == "pcap" else f"{w.interface} queue {w.queue}"

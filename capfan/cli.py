@@ -39,6 +39,7 @@ def _register():
     from capfan.collectcli import collect
     from capfan.flowscli import flows
     from capfan.keyscli import keys
+    from capfan.tunecli import doctor, tune
 
     main.add_command(ring)
     main.add_command(bench)
@@ -51,6 +52,8 @@ def _register():
     main.add_command(collect)
     main.add_command(flows)
     main.add_command(keys)
+    main.add_command(tune)
+    main.add_command(doctor)
 
 
 _register()

@@ -47,10 +47,23 @@ def check_report(cfg: dict) -> str:
     col, sec, api = cfg["collector"], cfg["security"], cfg["api"]
     lines = [f"config OK: collector {col['name']}",
              f"  intake      {col['listen']}  (max message {col['max_message_bytes']} bytes)",
-             f"  store       {col['store']}  (merge window {col['merge_window']:g} s)",
+             _store_line(cfg),
              f"  security    {sec['mode']}"]
     if sec["mode"] == "curve":
         lines += [f"  server key  {sec['server_key']}  (public {sec['public_key']})",
                   f"  authorized  {len(sec['authorized'])} agent key(s)"]
     lines.append(f"  api         {'http://' + api['listen'] if api['enabled'] else 'disabled'}")
     return "\n".join(lines)
+
+
+def _store_line(cfg: dict) -> str:
+    """The store line of --check: the DuckDB file or the ClickHouse server (and cluster)."""
+    col = cfg["collector"]
+    win = f"merge window {col['merge_window']:g} s"
+    if col["engine"] == "clickhouse":
+        ch = cfg["clickhouse"]
+        extra = [f"cluster {ch['cluster']}"] if ch["cluster"] else []
+        extra.append(f"retention {ch['retention_days']} days" if ch["retention_days"] else "kept forever")
+        return (f"  store       clickhouse://{ch['host']}:{ch['port']}/{ch['database']}  ({win}; "
+                f"collector id {ch['collector_id']}; {'; '.join(extra)}; journal {col['store']}.journal)")
+    return f"  store       {col['store']}  ({win})"

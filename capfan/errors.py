@@ -73,3 +73,7 @@ class WireError(CapfanError):
         self.host = host
         self.seq = seq
         super().__init__(message)
+
+
+class TuneError(CapfanError):
+    """Host tuning (`capfan tune`, `capfan doctor`) cannot read or plan a setting."""

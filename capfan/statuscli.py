@@ -224,13 +224,15 @@ def export_lines(snap: dict) -> list[str]:
     st = (w or {}).get("stats") or {}
     if not st:
         return []
-    out = [f"export: sent {st.get('sent', 0)} batches, acked {st.get('acked', 0)}, pending {st.get('pending', 0)}, "
+    route = " (flows routed by flow hash)" if st.get("route") == "flow-hash" else ""
+    out = [f"export{route}: sent {st.get('sent', 0)} batches, acked {st.get('acked', 0)}, pending {st.get('pending', 0)}, "
            f"resent {st.get('resent', 0)}, rejected {st.get('rejected', 0)}; spool {human_bytes(st.get('spool_bytes', 0))}, "
            f"dropped {st.get('spool_dropped_batches', 0)} batches ({st.get('spool_dropped_records', 0)} records)"]
     for c in st.get("collectors") or []:
         state = "connected" if c.get("connected") else "DISCONNECTED"
         err = f", last error: {c['last_error']}" if c.get("last_error") else ""
-        out.append(f"  {c.get('endpoint')}: {state}, in flight {c.get('inflight', 0)}, acked {c.get('acked', 0)}{err}")
+        out.append(f"  {c.get('endpoint')}: {state}, in flight {c.get('inflight', 0)}, sent {c.get('sent', 0)}, "
+                   f"acked {c.get('acked', 0)} ({c.get('records_acked', 0)} records){err}")
     return out
 
 

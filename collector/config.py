@@ -66,7 +66,11 @@ COLLECTOR = {
     "name": C.Field(str, None, "collector name (status line, logs); default: host name", _name),
     "listen": C.Field(str, DEFAULT_LISTEN, "ZeroMQ endpoint agents connect to; loopback by default: "
                       "bind \"tcp://*:5557\" (with CURVE) to accept remote agents", _zmq_endpoint),
-    "store": C.Field(str, "/var/lib/capfan/collector.duckdb", "the embedded store's file"),
+    "engine": C.Field(str, "duckdb", "where flows are stored: \"duckdb\" (the embedded file `store`) or "
+                      "\"clickhouse\" (a ClickHouse server or cluster, see [clickhouse])",
+                      C.one_of("duckdb", "clickhouse")),
+    "store": C.Field(str, "/var/lib/capfan/collector.duckdb", "the embedded store's file (engine = \"duckdb\"; "
+                     "with clickhouse its directory holds the journal)"),
     "merge_window": C.Field((int, float), 60.0, "seconds within which records of one flow from several "
                             "sensors are merged", C.non_negative),
     "max_message_bytes": C.Field((int, str), "64M", "larger messages are rejected and counted", _max_bytes),
@@ -82,6 +86,40 @@ SECURITY = {
                                "or a list of .key files and Z85 public keys"),
 }
 
+def _ch_name(value, key):
+    """Check: a database or cluster name ClickHouse takes unquoted."""
+    if value and not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", value):
+        raise ConfigError(key, f"{value!r} is not a plain identifier: letters, digits and '_', not starting "
+                               "with a digit")
+    return value
+
+
+def _tcp_port(value, key):
+    if not 1 <= value <= 65535:
+        raise ConfigError(key, f"must be 1 to 65535, not {value!r}")
+    return value
+
+
+def _days(value, key):
+    if value < 0:
+        raise ConfigError(key, f"must be 0 (keep forever) or more days, not {value!r}")
+    return value
+
+
+CLICKHOUSE = {
+    "host": C.Field(str, "127.0.0.1", "ClickHouse server (native protocol) this collector writes"),
+    "port": C.Field(int, 9000, "its native TCP port", _tcp_port),
+    "database": C.Field(str, "capfan", "database of the capfan tables (created if missing)", _ch_name),
+    "user": C.Field(str, "default", "ClickHouse user"),
+    "password_file": C.Field(str, "", "file holding the user's password (empty: no password)"),
+    "cluster": C.Field(str, "", "remote_servers cluster name: tables are Distributed over it and this "
+                       "collector writes the *_local tables of its server (empty: one server)", _ch_name),
+    "retention_days": C.Field(int, 0, "drop flows older than this many days (0: keep forever); TTL on "
+                              "ClickHouse >= 19.6, else the collector drops old day partitions", _days),
+    "collector_id": C.Field(str, "", "names this collector's loads (exactly-once bookkeeping); default: "
+                            "[collector] name; unique per collector writing a server"),
+}
+
 API = {
     "enabled": C.Field(bool, True, "serve the HTTP JSON API"),
     "listen": C.Field(str, DEFAULT_API, "HOST:PORT; loopback by default (the flows describe your network)",
@@ -92,6 +130,7 @@ SCHEMA = {
     "collector": C.Table(COLLECTOR),
     "security": C.Table(SECURITY),
     "api": C.Table(API),
+    "clickhouse": C.Table(CLICKHOUSE),
 }
 
 
@@ -107,6 +146,7 @@ def resolve(data: dict, base: str = ".") -> dict:
     col, sec = cfg["collector"], cfg["security"]
     col["name"] = col["name"] or _name(socket.gethostname().split(".")[0] or "collector", "collector.name")
     col["store"] = C.path_relative_to(base)(col["store"], "collector.store")
+    _resolve_clickhouse(cfg, base)
     sec["public_key"] = sec["secret_key"] = None
     sec["authorized"] = set()
     if sec["mode"] == "plain":
@@ -117,6 +157,22 @@ def resolve(data: dict, base: str = ".") -> dict:
         return cfg
     _load_curve(sec, base)
     return cfg
+
+
+def _resolve_clickhouse(cfg: dict, base: str) -> None:
+    """Fill [clickhouse] collector_id (default: the collector's name) and read password_file into password."""
+    ch = cfg["clickhouse"]
+    ch["collector_id"] = _name(ch["collector_id"], "clickhouse.collector_id") if ch["collector_id"] \
+        else cfg["collector"]["name"]
+    ch["password"] = ""
+    if ch["password_file"]:
+        ch["password_file"] = C.path_relative_to(base)(ch["password_file"], "clickhouse.password_file")
+        try:
+            with open(ch["password_file"], encoding="utf-8") as f:
+                ch["password"] = f.read().strip()
+        except OSError as e:
+            raise ConfigError("clickhouse.password_file", f"cannot read {ch['password_file']}: "
+                                                          f"{e.strerror or e}") from None
 
 
 def _load_curve(sec: dict, base: str) -> None:

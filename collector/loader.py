@@ -14,7 +14,7 @@ import time
 
 from capfan import wire
 
-from .store import StoreError
+from .store import StoreError, StoreUnavailable
 
 log = logging.getLogger("capfan.collect.loader")
 GROUP_MESSAGES = 256          # batches per store transaction at most
@@ -97,6 +97,8 @@ class Loader:
         checkpoint = tuple(msgs[-1][0])  # the last loaded record: read(since) resumes after it
         try:
             fresh = self.store.ingest_many(batches, checkpoint=checkpoint)
+        except StoreUnavailable:
+            raise  # the server is away: retry the whole group later, nothing is set aside
         except (StoreError, TypeError, ValueError):
             # content the store refuses (the intake checks for it; this is the safety net): load
             # one by one and set aside what cannot be stored, so one batch never blocks the rest
@@ -123,6 +125,8 @@ class Loader:
         and stepped over (None)."""
         try:
             return self.store.ingest_many([batch], checkpoint=position)[0]
+        except StoreUnavailable:
+            raise
         except (StoreError, TypeError, ValueError) as e:
             log.error("batch %s/%d cannot be stored and is set aside: %s", batch[0], batch[1], e)
             with self._lock:

@@ -18,6 +18,20 @@ def journal_dir(store_path: str) -> str:
     return f"{store_path}.journal"
 
 
+def open_store(cfg: dict, read_only: bool = False):
+    """The store a checked config selects: [collector] engine = "duckdb" (the file `store`) or
+    "clickhouse" (the server of [clickhouse])."""
+    col = cfg["collector"]
+    if col["engine"] == "clickhouse":
+        from .chstore import ClickHouseStore
+        ch = cfg["clickhouse"]
+        return ClickHouseStore(host=ch["host"], port=ch["port"], database=ch["database"], user=ch["user"],
+                               password=ch["password"], cluster=ch["cluster"], retention_days=ch["retention_days"],
+                               collector_id=ch["collector_id"], merge_window_s=col["merge_window"],
+                               read_only=read_only)
+    return store_mod.Store(col["store"], merge_window_s=col["merge_window"], read_only=read_only)
+
+
 class Collector:
     """Store + intake + API of one checked config (collector.config.load)."""
 
@@ -34,7 +48,7 @@ class Collector:
         """Open the store, bind the intake, then serve the API; on failure whatever started is closed."""
         col, sec, api = self.cfg["collector"], self.cfg["security"], self.cfg["api"]
         try:
-            self.store = store_mod.Store(col["store"], merge_window_s=col["merge_window"])
+            self.store = open_store(self.cfg)
             # acked = journaled and synced; the loader moves batches into the store in groups
             self.journal = journal_mod.Journal(journal_dir(col["store"]))
             self.loader = loader_mod.Loader(self.store, self.journal, col["max_message_bytes"])
@@ -76,7 +90,7 @@ class Collector:
         """Lines saying where it listens and with which key."""
         sec = self.cfg["security"]
         lines = [(f"capfan collect {self.cfg['collector']['name']}: intake on {self.intake.endpoint} "
-                  f"({sec['mode']}), store {self.cfg['collector']['store']}")]
+                  f"({sec['mode']}), store {self.store_text()}")]
         if sec["mode"] == "curve":
             lines.append(f"  server public key (agents' collector key): {sec['public_key']}")
             lines.append(f"  authorized agent keys: {len(sec['authorized'])}")
@@ -84,6 +98,15 @@ class Collector:
             lines.append("  security = plain: anyone who can connect may send flows, unencrypted")
         lines.append(f"  API on {self.api.url}" if self.api else "  API disabled")
         return lines
+
+    def store_text(self) -> str:
+        """Where the flows go, for the banner."""
+        col = self.cfg["collector"]
+        if col["engine"] == "clickhouse":
+            ch = self.cfg["clickhouse"]
+            where = f"clickhouse://{ch['host']}:{ch['port']}/{ch['database']}"
+            return where + (f" (cluster {ch['cluster']})" if ch["cluster"] else "")
+        return col["store"]
 
     def status_line(self) -> str:
         """One line of intake counters for stderr."""

@@ -196,6 +196,11 @@ class StoreError(CapfanError):
     """The store cannot be opened, or a request or batch is invalid; the message says which."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached or failed a statement: retry later (never the batch's
+    fault, so the loader must not set the batch aside)."""
+
+
 @lru_cache(maxsize=1 << 16)
 def addr_text(value: int) -> str:
     """Text form of a stored address as one 128-bit int, (hi << 64) | lo (IPv4-mapped -> dotted quad)."""
@@ -328,6 +333,46 @@ def _flow_columns(records: np.ndarray) -> dict[str, np.ndarray]:
     return cols
 
 
+def check_checkpoint(checkpoint) -> tuple[int, int] | None:
+    """A checkpoint as two 64-bit ints (None stays None), else StoreError."""
+    if checkpoint is not None:
+        try:
+            checkpoint = tuple(int(x) for x in checkpoint)
+        except (TypeError, ValueError):
+            raise StoreError(f"checkpoint must be two integers, got {checkpoint!r}") from None
+        if len(checkpoint) != 2 or not all(-(1 << 63) <= x < 1 << 63 for x in checkpoint):
+            raise StoreError(f"checkpoint must be two 64-bit integers, got {checkpoint!r}")
+    return checkpoint
+
+
+def prepare_batches(batches) -> list[tuple]:
+    """Validate and convert batches (host, seq, stream, source, records) before any write, so a bad
+    batch stores nothing: [(host, seq, stream, source, n, flow columns | JSON texts)]."""
+    prepared = []
+    for item in batches:
+        try:
+            host, seq, stream, source, records = item
+        except (TypeError, ValueError):
+            raise StoreError("each batch must be (host, seq, stream, source, records)") from None
+        host, stream, source = str(host), str(stream), str(source)
+        records = np.asarray(records)
+        if records.ndim != 1:
+            raise StoreError(f"records must be a 1-D array, got shape {records.shape}")
+        try:
+            ok = 0 < seq < 1 << 63
+        except TypeError:
+            ok = False
+        if not ok:
+            raise StoreError(f"batch seq must be in 1..2**63-1, got {seq}")
+        seq = int(seq)
+        if stream == FLOWS:
+            payload = _flow_columns(records)
+        else:
+            payload = [json.dumps(d) for d in record_dicts(records)] if len(records) else []
+        prepared.append((host, seq, stream, source, len(records), payload))
+    return prepared
+
+
 def _open_error(path: str, what: str) -> StoreError:
     return StoreError(f"store {path} {what}; this capfan reads schema version {SCHEMA_VERSION} and does not "
                       "migrate: move the file away (or export its flows with the capfan that wrote it) "
@@ -416,36 +461,8 @@ class Store:
         transaction (see checkpoint())."""
         if self.read_only:
             raise StoreError(f"store {self.path} is open read-only")
-        if checkpoint is not None:
-            try:
-                checkpoint = tuple(int(x) for x in checkpoint)
-            except (TypeError, ValueError):
-                raise StoreError(f"checkpoint must be two integers, got {checkpoint!r}") from None
-            if len(checkpoint) != 2 or not all(-(1 << 63) <= x < 1 << 63 for x in checkpoint):
-                raise StoreError(f"checkpoint must be two 64-bit integers, got {checkpoint!r}")
-        # validate and convert everything before the transaction: a bad batch stores nothing
-        prepared = []  # (host, seq, stream, source, n, flow columns | json texts)
-        for item in batches:
-            try:
-                host, seq, stream, source, records = item
-            except (TypeError, ValueError):
-                raise StoreError("each batch must be (host, seq, stream, source, records)") from None
-            host, stream, source = str(host), str(stream), str(source)
-            records = np.asarray(records)
-            if records.ndim != 1:
-                raise StoreError(f"records must be a 1-D array, got shape {records.shape}")
-            try:
-                ok = 0 < seq < 1 << 63
-            except TypeError:
-                ok = False
-            if not ok:
-                raise StoreError(f"batch seq must be in 1..2**63-1, got {seq}")
-            seq = int(seq)
-            if stream == FLOWS:
-                payload = _flow_columns(records)
-            else:
-                payload = [json.dumps(d) for d in record_dicts(records)] if len(records) else []
-            prepared.append((host, seq, stream, source, len(records), payload))
+        checkpoint = check_checkpoint(checkpoint)
+        prepared = prepare_batches(batches)
         cur = self._cur()
         with self._write_lock:
             fresh = [False] * len(prepared)

@@ -40,6 +40,18 @@ Since then the store's table layout changed (batch id per row, addresses as UBIG
 ``--engines duckdb`` on the same VM, before -> after: ingest 268k-362k -> 664k-685k rec/s,
 ingest_many x10 1.08M-1.14M rec/s, top-10 idle 2.7-3.1 -> 1.2-1.9 s (table in collector/store.py).
 
+The ClickHouse store (collector/chstore.py, ``[collector] engine = "clickhouse"``) is measured in
+the same run with ``--engines duckdb,clickhouse --clickhouse HOST:PORT`` (a running server; the
+bench makes and drops its own databases); the "vs duckdb" column gives the ratios. Same VM,
+clickhouse-server 18.16 on the same disk; run 1 while other tests loaded the VM, run 2 quiet
+(numbers also in the README):
+
+    engine       run   ingest rec/s   ingest_many x10   vs duckdb       top-10 idle   while ingesting   crash
+    duckdb         1        280,713           654,067   1.00x / 1.00x   2.75 s        5.3 / 5.4 s       30 / 0 / 0
+    clickhouse     1         91,199           639,323   0.32x / 0.98x   2.16 s        6.5 / 12.6 s      30 / 0 / 0
+    duckdb         2        658,161         1,193,543   1.00x / 1.00x   1.13 s        2.6 / 4.9 s       31 / 0 / 0
+    clickhouse     2        168,775           941,546   0.26x / 0.79x   2.01 s        6.4 / 9.9 s       30 / 0 / 0
+
 Choice: DuckDB (see collector/store.py). Reasons from the numbers: (a) 1.2x the ingest rate with
 a per-batch durable commit (the Arrow hand-over costs no per-row Python; sqlite3's executemany
 does); (b) the
@@ -53,6 +65,7 @@ survives power loss; nothing had to be configured.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sqlite3
@@ -245,7 +258,49 @@ class SqliteEngine:
         self.con.close()
 
 
-ENGINES = {"duckdb": DuckEngine, "sqlite": SqliteEngine}
+class ClickHouseEngine:
+    """The collector's ClickHouse store (collector/chstore.py) on the server of $CAPFAN_BENCH_CLICKHOUSE
+    (HOST:PORT, set by --clickhouse); each path maps to its own database, dropped after the run."""
+    name = "clickhouse"
+    created: set = set()
+
+    def __init__(self, path):
+        from capfan.collector.chstore import ClickHouseStore  # noqa: PLC0415 - needs clickhouse-driver
+        host, _, port = os.environ.get("CAPFAN_BENCH_CLICKHOUSE", "127.0.0.1:9000").rpartition(":")
+        self.database = "capfan_bench_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+        self.store = ClickHouseStore(host=host or "127.0.0.1", port=int(port), database=self.database,
+                                     collector_id="bench")
+        ClickHouseEngine.created.add((host or "127.0.0.1", int(port), self.database))
+
+    ingest = DuckEngine.ingest
+    ingest_many = DuckEngine.ingest_many
+    top = DuckEngine.top
+
+    def check(self, batch_size):
+        """(stored seqs, partial batch count, integrity note): over the marked loads only."""
+        st, marked = self.store, self.store._marked()
+        seqs = {s for (s,) in st._q(f"SELECT seq FROM {st.database}.batches WHERE {marked}")}
+        partial = st._q(f"SELECT count() FROM (SELECT host, seq, n FROM {st.database}.batches WHERE {marked}) "
+                        f"ANY LEFT JOIN (SELECT host, seq, count() AS c FROM {st.database}.obs WHERE {marked} "
+                        "GROUP BY host, seq) USING (host, seq) WHERE c <> n")[0][0]
+        st.totals()
+        return seqs, partial, "ok"
+
+    def close(self):
+        self.store.close()
+
+    @classmethod
+    def drop_created(cls):
+        """Drop the bench databases this process created."""
+        from clickhouse_driver import Client  # noqa: PLC0415
+        for host, port, db in sorted(cls.created):
+            c = Client(host=host, port=port)
+            c.execute(f"DROP DATABASE IF EXISTS {db}")
+            c.disconnect()
+        cls.created.clear()
+
+
+ENGINES = {"duckdb": DuckEngine, "sqlite": SqliteEngine, "clickhouse": ClickHouseEngine}
 
 
 def _db_path(tmp, engine):
@@ -299,63 +354,73 @@ def measure(engines=("duckdb", "sqlite"), batches: int = 100, batch_size: int = 
     out = {"batches": batches, "batch_size": batch_size, "group": group, "query_seconds": query_seconds,
            "window_s": window_s, "engines": {}}
     with tempfile.TemporaryDirectory(prefix="capfan-bench-store-", dir=tmp_dir or "/var/tmp") as tmp:
-        for name in engines:
-            eng = ENGINES[name](_db_path(tmp, name))
-            t = time.perf_counter()
-            for i, b in enumerate(data):
-                eng.ingest(HOSTS[i % 3], i + 1, b)
-            ingest_s = time.perf_counter() - t
-            many_rps = None
-            if hasattr(eng, "ingest_many"):
-                # (a') the same batches in groups of `group` per transaction, into a fresh file
-                eng2 = ENGINES[name](_db_path(tmp, name + ".many"))
-                items = [(HOSTS[i % 3], i + 1, b) for i, b in enumerate(data)]
-                t = time.perf_counter()
-                ok = True
-                for j in range(0, len(items), group):
-                    ok = eng2.ingest_many(items[j:j + group]) is not None and ok
-                many_s = time.perf_counter() - t
-                eng2.close()
-                many_rps = batches * batch_size / many_s if ok else None
-            # query latency with no concurrent writer
-            lo = 1_700_000_000_000_000_000 + batches * BATCH_SPAN_NS - int(window_s * 1e9)
-            idle = []
-            for _ in range(3):
-                q = time.perf_counter()
-                eng.top(lo)
-                idle.append(time.perf_counter() - q)
-            # (b) writer thread keeps ingesting while the main thread queries
-            stop = threading.Event()
-            written = [0]
-
-            def writer(eng=eng, stop=stop, written=written):
-                i = batches
-                while not stop.is_set():
-                    eng.ingest(HOSTS[i % 3], i + 1, data[i % batches])
-                    written[0] += batch_size
-                    i += 1
-
-            th = threading.Thread(target=writer, daemon=True)
-            lat = []
-            th.start()
-            t = time.perf_counter()
-            w0 = written[0]
-            while time.perf_counter() - t < query_seconds or not lat:
-                q = time.perf_counter()
-                eng.top(lo)
-                lat.append(time.perf_counter() - q)
-            dt = time.perf_counter() - t
-            w1 = written[0]
-            stop.set()
-            th.join()
-            eng.close()
-            res = {"ingest_rps": batches * batch_size / ingest_s, "ingest_s": ingest_s,
-                   "ingest_many_rps": many_rps, "group": group, "query_idle_median_s": float(np.median(idle)),
-                   "queries": len(lat), "query_median_s": float(np.median(lat)), "query_max_s": max(lat),
-                   "ingest_during_rps": (w1 - w0) / dt}
-            res["crash"] = _crash(name, tmp, batch_size, crash_acks)
-            out["engines"][name] = res
+        try:
+            _measure_engines(out, engines, data, tmp, batches, batch_size, query_seconds, window_s, crash_acks,
+                             group)
+        finally:
+            if "clickhouse" in engines:
+                ClickHouseEngine.drop_created()
     return out
+
+
+def _measure_engines(out, engines, data, tmp, batches, batch_size, query_seconds, window_s, crash_acks, group):
+    """measure()'s loop over the engines (fills out["engines"])."""
+    for name in engines:
+        eng = ENGINES[name](_db_path(tmp, name))
+        t = time.perf_counter()
+        for i, b in enumerate(data):
+            eng.ingest(HOSTS[i % 3], i + 1, b)
+        ingest_s = time.perf_counter() - t
+        many_rps = None
+        if hasattr(eng, "ingest_many"):
+            # (a') the same batches in groups of `group` per transaction, into a fresh file
+            eng2 = ENGINES[name](_db_path(tmp, name + ".many"))
+            items = [(HOSTS[i % 3], i + 1, b) for i, b in enumerate(data)]
+            t = time.perf_counter()
+            ok = True
+            for j in range(0, len(items), group):
+                ok = eng2.ingest_many(items[j:j + group]) is not None and ok
+            many_s = time.perf_counter() - t
+            eng2.close()
+            many_rps = batches * batch_size / many_s if ok else None
+        # query latency with no concurrent writer
+        lo = 1_700_000_000_000_000_000 + batches * BATCH_SPAN_NS - int(window_s * 1e9)
+        idle = []
+        for _ in range(3):
+            q = time.perf_counter()
+            eng.top(lo)
+            idle.append(time.perf_counter() - q)
+        # (b) writer thread keeps ingesting while the main thread queries
+        stop = threading.Event()
+        written = [0]
+
+        def writer(eng=eng, stop=stop, written=written):
+            i = batches
+            while not stop.is_set():
+                eng.ingest(HOSTS[i % 3], i + 1, data[i % batches])
+                written[0] += batch_size
+                i += 1
+
+        th = threading.Thread(target=writer, daemon=True)
+        lat = []
+        th.start()
+        t = time.perf_counter()
+        w0 = written[0]
+        while time.perf_counter() - t < query_seconds or not lat:
+            q = time.perf_counter()
+            eng.top(lo)
+            lat.append(time.perf_counter() - q)
+        dt = time.perf_counter() - t
+        w1 = written[0]
+        stop.set()
+        th.join()
+        eng.close()
+        res = {"ingest_rps": batches * batch_size / ingest_s, "ingest_s": ingest_s,
+               "ingest_many_rps": many_rps, "group": group, "query_idle_median_s": float(np.median(idle)),
+               "queries": len(lat), "query_median_s": float(np.median(lat)), "query_max_s": max(lat),
+               "ingest_during_rps": (w1 - w0) / dt}
+        res["crash"] = _crash(name, tmp, batch_size, crash_acks)
+        out["engines"][name] = res
 
 
 def render(result: dict, console=None) -> None:
@@ -365,18 +430,28 @@ def render(result: dict, console=None) -> None:
     console = console or Console()
     t = Table(title=f"embedded store: {result['batches']} x {result['batch_size']} records, "
                     f"top-10 over last {result['window_s']:.0f} s for {result['query_seconds']:.0f} s")
-    for c in ("engine", "ingest rec/s", f"ingest_many x{result['group']} rec/s", "top-10 idle",
+    base = result["engines"].get("duckdb")
+    for c in ("engine", "ingest rec/s", f"ingest_many x{result['group']} rec/s", "vs duckdb", "top-10 idle",
               "top-10 median", "top-10 max", "queries",
               "ingest rec/s during queries", "crash: acked / missing / partial / integrity"):
         t.add_column(c, justify="right")
     for name, r in result["engines"].items():
         c = r["crash"]
         many = "-" if r.get("ingest_many_rps") is None else f"{r['ingest_many_rps']:,.0f}"
-        t.add_row(name, f"{r['ingest_rps']:,.0f}", many, f"{r['query_idle_median_s'] * 1e3:,.0f} ms",
+        t.add_row(name, f"{r['ingest_rps']:,.0f}", many, _ratios(r, base), f"{r['query_idle_median_s'] * 1e3:,.0f} ms",
                   f"{r['query_median_s'] * 1e3:,.0f} ms",
                   f"{r['query_max_s'] * 1e3:,.0f} ms", str(r["queries"]), f"{r['ingest_during_rps']:,.0f}",
                   f"{c['acked']} / {c['acked_missing']} / {c['partial']} / {c['integrity']}")
     console.print(t)
+
+
+def _ratios(r: dict, base: dict | None) -> str:
+    """ingest / ingest_many rate relative to the duckdb engine of the same run."""
+    if not base:
+        return "-"
+    many = (f"{r['ingest_many_rps'] / base['ingest_many_rps']:.2f}x"
+            if r.get("ingest_many_rps") and base.get("ingest_many_rps") else "-")
+    return f"{r['ingest_rps'] / base['ingest_rps']:.2f}x / {many}"
 
 
 def main(argv=None) -> None:
@@ -390,8 +465,12 @@ def main(argv=None) -> None:
     ap.add_argument("--crash-acks", type=int, default=30)
     ap.add_argument("--group", type=int, default=10, help="batches per ingest_many transaction")
     ap.add_argument("--tmp-dir", default=None, help="where the database files go (default /var/tmp)")
+    ap.add_argument("--clickhouse", metavar="HOST:PORT", default=None,
+                    help="ClickHouse server (native port) for the clickhouse engine; default 127.0.0.1:9000")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.clickhouse:
+        os.environ["CAPFAN_BENCH_CLICKHOUSE"] = a.clickhouse  # also for the crash child
     if a.child:
         _child(a.child[0], a.child[1], a.batch_size)
         return

@@ -199,8 +199,10 @@ def test_collectors_not_a_list(tmp_path, keys):
     ('health_interval = 0\n', "config key 'export.health_interval': must be above 0, not 0"),
     ('security = "none"\n', "config key 'export.security': must be one of 'curve', 'plain', not 'none'"),
     ('windw = 8\n', ("config key 'export.windw': unknown key in [export]; did you mean 'window'? known keys: "
-                     "collectors, drain_timeout, health_interval, key, security, server_key, spool_dir, spool_max, "
-                     "spool_policy, window")),
+                     "collectors, drain_timeout, health_interval, key, route, security, server_key, spool_dir, "
+                     "spool_max, spool_policy, window")),
+    ('route = "hash"\n', "config key 'export.route': must be one of 'all', 'flow-hash', not 'hash'"),
+    ('route = 2\n', "config key 'export.route': expected a string, got 2"),
 ])
 def test_bad_value(tmp_path, keys, extra, message):
     assert error(tmp_path, export(tmp_path, curve(keys, extra=extra))) == message
@@ -233,3 +235,18 @@ def test_plain_needs_no_keys(tmp_path):
 
 def test_no_collectors_means_no_exporter_and_no_keys(tmp_path):
     plan(tmp_path, export(tmp_path, "collectors = []\n"))
+
+
+def test_flow_hash_route(tmp_path, keys):
+    # one collector is fine (everything goes there); the plan says how flows are routed
+    lines = plan(tmp_path, export(tmp_path, f'collectors = ["{ENDPOINT}"]\nsecurity = "plain"\nroute = "flow-hash"\n'))
+    assert [ln for ln in lines if ln.startswith("export: ")][0].startswith(
+        f"export: to {ENDPOINT} (plain, flows routed by flow hash), spool ")
+    two = f'["{ENDPOINT}", "tcp://10.0.0.2:5557"]'
+    lines = plan(tmp_path, export(tmp_path, curve(keys, collectors=two, extra='route = "flow-hash"\n')))
+    assert any("flows routed by flow hash" in ln for ln in lines)
+    # each flow goes to one collector: one listed twice is a mistake
+    twice = f'["{ENDPOINT}", "tcp://10.0.0.2:5557", {{ endpoint = "{ENDPOINT}" }}]'
+    assert error(tmp_path, export(tmp_path, curve(keys, collectors=twice, extra='route = "flow-hash"\n'))) == (
+        f"config key 'export.collectors[2]': '{ENDPOINT}' is listed twice; route = \"flow-hash\" sends each flow "
+        "to one collector, so each must be listed once")

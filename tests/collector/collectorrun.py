@@ -14,7 +14,8 @@ from tests.conftest import wait_for
 class CollectorRun(ChildRun):
     """`capfan collect -c CONFIG`; listen/api addresses as given (inside `ns` when set)."""
 
-    def __init__(self, tmp, listen, api="127.0.0.1:0", ns=None, security=None, name="col", **collector):
+    def __init__(self, tmp, listen, api="127.0.0.1:0", ns=None, security=None, name="col", sections=None,
+                 **collector):
         self.tmp = str(tmp)
         self.ns = ns
         self.name = name
@@ -23,7 +24,7 @@ class CollectorRun(ChildRun):
         cfg = {"collector": {"name": name, "listen": listen, "store": self.store, "status_interval": 1,
                              **collector},
                "security": security or {"mode": "plain"},
-               "api": {"listen": api}}
+               "api": {"listen": api}, **(sections or {})}
         self.path = os.path.join(self.tmp, f"{name}.toml")
         with open(self.path, "w") as f:
             f.write(to_toml(cfg))

@@ -153,6 +153,10 @@ def test_collect_service_intake_api_and_clean_stop(tmp_path):
         ctx.destroy(0)
         _, body, _ = get(col.api, "/api/health")
         assert body["intake"]["journaled"] == 1 and body["security"] == "plain"
+        # the ack means journaled; the loader stores it shortly after
+        deadline = time.monotonic() + 10
+        while get(col.api, "/api/totals")[1]["flows"] != 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert get(col.api, "/api/totals")[1]["flows"] == 4
         time.sleep(0.3)
     finally:

@@ -1,13 +1,17 @@
-"""The collector's embedded store: durable dedup'd ingest, the cross-host flow merge, queries,
-health and export. Expected values are computed here in plain Python, never by the store's SQL."""
+"""The collector's stores -- the embedded DuckDB one and the ClickHouse one (each test runs on
+both engines, ClickHouse on a real 18.16 server): durable dedup'd ingest, the cross-host flow
+merge, queries, health and export. Expected values are computed here in plain Python, never by
+the store's SQL."""
 import csv
 import ipaddress
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -19,6 +23,7 @@ from capfan.records import empty, pack_address
 
 # the tree's own collector/ (pytest puts the repository root on sys.path): an editable install may
 # map capfan.collector to another checkout
+from capfan.collector.chstore import ClickHouseStore
 from capfan.collector.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,11 +51,49 @@ def batch(*records):
     return np.concatenate(records) if records else empty(0)
 
 
+@pytest.fixture(params=["duckdb", "clickhouse"])
+def engine(request):
+    """Which store the test runs on."""
+    return request.param
+
+
 @pytest.fixture
-def db(tmp_path):
-    s = Store(str(tmp_path / "c.duckdb"), merge_window_s=60)
-    yield s
-    s.close()
+def open_store(engine, tmp_path, request):
+    """open_store(name, **kw): open (or reopen) the store `name` of this test on its engine;
+    open_store.spec(name): the JSON a child process passes to open_spec() for the same store."""
+    opened = []
+    if engine == "clickhouse":
+        srv = request.getfixturevalue("clickhouse")
+        prefix = "t_" + uuid.uuid4().hex[:10]
+
+    def spec(name="c"):
+        if engine == "duckdb":
+            return json.dumps({"engine": engine, "path": str(tmp_path / f"{name}.duckdb")})
+        return json.dumps({"engine": engine, "host": srv.host, "port": srv.port, "database": f"{prefix}_{name}",
+                           "collector_id": "c1"})
+
+    def open_(name="c", **kw):
+        s = open_spec(spec(name), **kw)
+        opened.append(s)
+        return s
+
+    open_.spec = spec
+    yield open_
+    for s in opened:
+        s.close()
+
+
+def open_spec(spec: str, **kw):
+    """A store from a spec of open_store (also used by the child processes below)."""
+    d = json.loads(spec)
+    if d.pop("engine") == "duckdb":
+        return Store(d["path"], **kw)
+    return ClickHouseStore(**d, **kw)
+
+
+@pytest.fixture
+def db(open_store):
+    return open_store("c", merge_window_s=60)
 
 
 class Feed:
@@ -66,31 +109,30 @@ class Feed:
 
 # -- durability and dedup ---------------------------------------------------------------------
 
-def test_duplicate_batch_is_stored_once_also_after_reopen(tmp_path):
-    path = str(tmp_path / "d.duckdb")
-    s = Store(path)
+def test_duplicate_batch_is_stored_once_also_after_reopen(open_store):
+    s = open_store("d")
     b = batch(rec("10.0.0.1", "10.0.0.2", 1000, 80, 0, 1, p=3, b=300))
     assert s.ingest("h1", 7, "flows", "q0", b) is True
     assert s.ingest("h1", 7, "flows", "q0", b) is False
     assert s.ingest("h2", 7, "flows", "q0", b) is True  # seq is per host
     s.close()
-    s = Store(path)
+    s = open_store("d")
     assert s.ingest("h1", 7, "flows", "q0", b) is False
     assert s.totals() == {"flows": 1, "packets": 3, "bytes": 300}  # h2 saw the same packets
     hosts = {h["host"]: h for h in s.health() if h["source"] is None}
     assert hosts["h1"]["batches"] == 1 and hosts["h1"]["records"] == 1 and hosts["h1"]["duplicates"] == 2
     assert hosts["h2"]["duplicates"] == 0
     s.close()
-    ro = Store(path, read_only=True)
+    ro = open_store("d", read_only=True)
     assert ro.totals()["packets"] == 3
     with pytest.raises(StoreError, match="read-only"):
         ro.ingest("h1", 8, "flows", "q0", b)
     ro.close()
 
 
-def test_read_only_open_of_missing_store_fails(tmp_path):
+def test_read_only_open_of_missing_store_fails(open_store):
     with pytest.raises(StoreError, match="does not exist"):
-        Store(str(tmp_path / "nope.duckdb"), read_only=True)
+        open_store("nope", read_only=True)
 
 
 def test_flows_stream_needs_flow_records(db):
@@ -106,8 +148,7 @@ CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     from capfan.records import empty, pack_address
-    Store = importlib.import_module(sys.argv[3]).Store  # the store module the test imported
-    s = Store(sys.argv[1])
+    s = importlib.import_module(sys.argv[3]).open_spec(sys.argv[1])  # this test module's opener
     n = int(sys.argv[2])
     seq = 0
     while True:
@@ -124,10 +165,10 @@ CHILD = textwrap.dedent("""
 
 
 def kill9_after(script: str, path: str, n: int, acks: int) -> list[int]:
-    """Run a child that ingests and prints each acked seq; SIGKILL it after `acks` of them; every
-    seq it printed."""
+    """Run a child that ingests into the store of spec `path` and prints each acked seq; SIGKILL it
+    after `acks` of them; every seq it printed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p]))
-    proc = subprocess.Popen([sys.executable, "-c", script, path, str(n), Store.__module__], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", script, path, str(n), __name__], stdout=subprocess.PIPE,
                             text=True, env=env)
     acked = []
     try:
@@ -144,11 +185,10 @@ def kill9_after(script: str, path: str, n: int, acks: int) -> list[int]:
     return acked
 
 
-def test_kill9_keeps_every_acked_batch_whole(tmp_path):
-    path = str(tmp_path / "crash.duckdb")
+def test_kill9_keeps_every_acked_batch_whole(open_store):
     n = 3000
-    acked = kill9_after(CHILD, path, n, 25)
-    s = Store(path)
+    acked = kill9_after(CHILD, open_store.spec("crash"), n, 25)
+    s = open_store("crash")
     per_seq = {r["sport"]: r["flows"] for r in s.top(by="flows", group=["sport"], limit=10_000)}
     assert set(acked) <= set(per_seq)
     assert set(per_seq.values()) == {n}  # no partial batch
@@ -170,9 +210,8 @@ def stored_seqs(s):
     return {(h["host"], h["batches"], h["records"]) for h in s.health() if h["source"] is None}
 
 
-def test_ingest_many_duplicates_within_and_across_calls(tmp_path):
-    path = str(tmp_path / "m.duckdb")
-    s = Store(path)
+def test_ingest_many_duplicates_within_and_across_calls(open_store):
+    s = open_store("m")
     assert s.checkpoint() is None
     got = s.ingest_many([("h1", 1, "flows", "q0", flows_batch(1)), ("h1", 2, "flows", "q0", flows_batch(2)),
                          ("h1", 1, "flows", "q0", flows_batch(1)),          # duplicate within the list
@@ -188,7 +227,7 @@ def test_ingest_many_duplicates_within_and_across_calls(tmp_path):
     assert s.ingest("h1", 3, "flows", "q0", flows_batch(3)) is False
     assert s.ingest_many([], checkpoint=(2, 0)) == [] and s.checkpoint() == (2, 0)
     s.close()
-    s = Store(path)
+    s = open_store("m")
     assert s.checkpoint() == (2, 0)
     assert s.ingest_many([("h1", 1, "flows", "q0", flows_batch(1))]) == [False]
     assert s.checkpoint() == (2, 0)  # no checkpoint given: the saved one stays
@@ -201,8 +240,8 @@ def test_ingest_many_duplicates_within_and_across_calls(tmp_path):
     s.close()
 
 
-def test_ingest_many_is_all_or_nothing(tmp_path):
-    s = Store(str(tmp_path / "a.duckdb"))
+def test_ingest_many_is_all_or_nothing(open_store, engine, monkeypatch):
+    s = open_store("a")
     assert s.ingest("h1", 1, "flows", "q0", flows_batch(1))
     good = [("h1", 2, "flows", "q0", flows_batch(2)), ("h2", 1, "stats", "q0", np.array([(1,)], [("x", "<u8")]))]
     with pytest.raises(StoreError, match="fields missing"):  # a bad batch mid-list: checked first
@@ -216,21 +255,34 @@ def test_ingest_many_is_all_or_nothing(tmp_path):
     class Boom(Exception):
         pass
 
-    real = s._cur()
+    if engine == "duckdb":
+        real = s._cur()
 
-    class FailingCursor:
-        def __getattr__(self, name):
-            return getattr(real, name)
+        class FailingCursor:
+            def __getattr__(self, name):
+                return getattr(real, name)
 
-        def execute(self, sql, *a):
-            if sql.startswith("INSERT INTO records"):
+            def execute(self, sql, *a):
+                if sql.startswith("INSERT INTO records"):
+                    raise Boom()
+                return real.execute(sql, *a)
+
+        s._local.cur = FailingCursor()
+    else:
+        real_insert = s._insert  # the obs rows of the call are in when the records insert fails
+
+        def failing_insert(table, columns):
+            if table == "records":
                 raise Boom()
-            return real.execute(sql, *a)
+            return real_insert(table, columns)
 
-    s._local.cur = FailingCursor()
+        monkeypatch.setattr(s, "_insert", failing_insert)
     with pytest.raises(Boom):
         s.ingest_many(good + [("h1", 1, "flows", "q0", flows_batch(1))], checkpoint=(1, 2))
-    s._local.cur = real
+    if engine == "duckdb":
+        s._local.cur = real
+    else:
+        monkeypatch.setattr(s, "_insert", real_insert)
     assert s.checkpoint() is None
     assert stored_seqs(s) == {("h1", 1, 3)}
     assert s.totals()["flows"] == 3
@@ -240,7 +292,7 @@ def test_ingest_many_is_all_or_nothing(tmp_path):
     s.close()
 
 
-def test_schema_version_is_checked(tmp_path):
+def test_schema_version_is_checked_duckdb(tmp_path):
     path = str(tmp_path / "v.duckdb")
     Store(path).close()
     con = duckdb.connect(path)
@@ -262,8 +314,7 @@ CHILD_MANY = textwrap.dedent("""
     import sys
     import numpy as np
     from capfan.records import empty, pack_address
-    Store = importlib.import_module(sys.argv[3]).Store
-    s = Store(sys.argv[1])
+    s = importlib.import_module(sys.argv[3]).open_spec(sys.argv[1])
     n = int(sys.argv[2])
     group = 0
     while True:
@@ -283,11 +334,10 @@ CHILD_MANY = textwrap.dedent("""
 """)
 
 
-def test_kill9_checkpoint_and_data_stay_consistent(tmp_path):
-    path = str(tmp_path / "crash-many.duckdb")
+def test_kill9_checkpoint_and_data_stay_consistent(open_store):
     n = 2000
-    acked = kill9_after(CHILD_MANY, path, n, 8)
-    s = Store(path)
+    acked = kill9_after(CHILD_MANY, open_store.spec("crash_many"), n, 8)
+    s = open_store("crash_many")
     group, last_seq = s.checkpoint()
     assert max(acked) <= group <= max(acked) + 1  # at most the transaction in flight when killed
     assert last_seq == 4 * group
@@ -295,7 +345,7 @@ def test_kill9_checkpoint_and_data_stay_consistent(tmp_path):
     assert set(per_seq) == set(range(1, 4 * group + 1))  # exactly the data the checkpoint covers
     assert set(per_seq.values()) == {n}
     s.close()
-    ro = Store(path, read_only=True)
+    ro = open_store("crash_many", read_only=True)
     assert ro.checkpoint() == (group, 4 * group)
     ro.close()
 
@@ -347,8 +397,8 @@ def test_sessions_far_apart_stay_separate_and_vlan_splits(db):
     assert got == [(0, T0, 3), (0, T0 + 141 * S, 4), (7, T0, 8)]
 
 
-def test_merge_window_is_configurable(tmp_path):
-    s = Store(str(tmp_path / "w.duckdb"), merge_window_s=0)
+def test_merge_window_is_configurable(open_store):
+    s = open_store("w", merge_window_s=0)
     feed = Feed(s)
     feed("h1", rec("10.0.0.1", "10.0.0.2", 1, 2, 0, 10), rec("10.0.0.1", "10.0.0.2", 1, 2, 10, 20),
          rec("10.0.0.1", "10.0.0.2", 1, 2, 20.5, 30))
@@ -562,10 +612,10 @@ def reference_merge(observations, window_ns):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_merge_matches_python_reference(tmp_path, seed):
+def test_merge_matches_python_reference(open_store, seed):
     rng = random.Random(seed)
     window = 5 * S
-    s = Store(str(tmp_path / f"p{seed}.duckdb"), merge_window_s=window / S)
+    s = open_store(f"p{seed}", merge_window_s=window / S)
     addrs = ["10.0.0.1", "10.0.0.2", "192.168.1.1", "2001:db8::1", "2001:db8::2"]
     seqs, observations = {}, []
     for _ in range(40):
