@@ -294,9 +294,14 @@ static void prog_name(uint32_t id, char *out, size_t n) {
     close(fd);
 }
 
-/* Is program `id` capfan's redirect program (by name)? */
-static int is_capfan_prog(uint32_t id) {
+/* Is program `id` capfan's redirect program? By its name; when the name cannot be read (opening
+ * a program by id needs CAP_SYS_ADMIN, which the agent's systemd unit does not grant), by the
+ * owner record: `recorded` is the program id capfan's record of this interface names (0: none). */
+static int is_capfan_prog(uint32_t id, uint32_t recorded) {
     char name[BPF_OBJ_NAME_LEN];
+    int fd = bpf_prog_get_fd_by_id(id);
+    if (fd < 0) return errno == EPERM && recorded == id;
+    close(fd);
     prog_name(id, name, sizeof name);
     return strcmp(name, PROG_NAME) == 0;
 }
@@ -306,10 +311,18 @@ static uint32_t mode_flags(int mode) {
     return mode == MODE_NATIVE ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE;
 }
 
-/* Detach program `id` only if it is still the one attached (XDP_FLAGS_REPLACE semantics). */
+/* Detach program `id` only if it is still the one attached (XDP_FLAGS_REPLACE semantics).
+ * Without CAP_SYS_ADMIN the program cannot be opened by id (CAP_BPF + CAP_NET_ADMIN can attach
+ * and detach, not open by id): then detach whatever is attached in that mode if a query (under
+ * capfan's lock) still shows `id`. */
 static int prog_detach(int ifindex, uint32_t id, int mode) {
     int fd = bpf_prog_get_fd_by_id(id);
-    if (fd < 0) return fd;
+    if (fd < 0) {
+        if (errno != EPERM) return -errno;
+        int now_mode;
+        if (attached_prog(ifindex, &now_mode) != id || now_mode != mode) return -ENOENT;
+        return bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
+    }
     LIBBPF_OPTS(bpf_xdp_attach_opts, a, .old_prog_fd = fd);
     int rc = bpf_xdp_detach(ifindex, mode_flags(mode), &a);
     close(fd);
@@ -455,7 +468,7 @@ static int remove_stale(const char *ifname, int ifindex, owners *ow, const char 
     int mode;
     uint32_t id = attached_prog(ifindex, &mode);
     record_load(rec, ow);
-    if (!id || !is_capfan_prog(id)) {
+    if (!id || !is_capfan_prog(id, ow->prog_id)) {
         if (ow->n) unlink(rec); /* the program is gone (interface re-created, manual unload) */
         ow->n = 0;
         ow->prog_id = 0;
@@ -887,7 +900,7 @@ static int check_interface(afxdp *a, owners *ow, uint32_t *nq) {
     if (rc < 0) return rc;
     int mode;
     uint32_t id = attached_prog(a->ifindex, &mode);
-    if (id && !is_capfan_prog(id)) {
+    if (id && !is_capfan_prog(id, ow->prog_id)) {
         char name[BPF_OBJ_NAME_LEN];
         prog_name(id, name, sizeof name);
         return capfan_set_error(CAPFAN_EBUSY, "%s already has an XDP program that is not capfan's (id %u, name \"%s\"); "
@@ -913,6 +926,11 @@ static int setup(afxdp *a, owners *ow, uint32_t nq) {
         a->map_fd = prog_map(a->prog_id);
         if (a->map_fd < 0) {
             a->prog_id = 0; /* not ours to detach on the error path */
+            if (a->map_fd == -EPERM)
+                return capfan_set_error(CAPFAN_EPERM, "queue %u of %s cannot join the XDP program capfan's capture of "
+                                        "another queue attached: opening it by id needs CAP_SYS_ADMIN (CAP_BPF is not "
+                                        "enough); capture one queue per interface, use source = \"afpacket\", or grant "
+                                        "CAP_SYS_ADMIN", a->o.queue, a->ifname);
             return sys_error(-a->map_fd, "cannot open the XSKMAP of capfan's XDP program", a->ifname);
         }
     } else {
