@@ -44,7 +44,8 @@ import pyarrow as pa
 
 from . import chschema
 from .store import (FILTER_KEYS, FLOW_ROW, FLOWS, GROUP_KEYS, HEALTH, METRICS, StoreError, StoreUnavailable,
-                    _addr_range, _ints, _obs_addr_sql, _values, addr_text, check_checkpoint, prepare_batches)
+                    _addr_range, _ints, _obs_addr_sql, _values, addr_text, check_checkpoint, prepare_batches,
+                    top_group)
 
 TTL_SINCE = (19, 6)  # first ClickHouse release with table TTL
 _KEY = "vlan, proto, a_hi, a_lo, ap, b_hi, b_lo, bp"
@@ -485,14 +486,7 @@ class ClickHouseStore:
     def top(self, by: str = "bytes", group=("src", "dst"), start_ns=None, end_ns=None,
             limit: int = 10, where: dict | None = None) -> list[dict]:
         """Top-N merged flows grouped by keys (src, dst, sport, dport, proto, vlan, host, ...)."""
-        if by not in METRICS:
-            raise StoreError(f"top by {by!r}: use one of {', '.join(METRICS)}")
-        group = [group] if isinstance(group, str) else list(group)
-        if not group:
-            raise StoreError("top needs at least one group key")
-        bad = [g for g in group if g not in GROUP_KEYS]
-        if bad:
-            raise StoreError(f"unknown group key {bad[0]!r}; use any of {', '.join(GROUP_KEYS)}")
+        group = top_group(by, group)
         sql = self._flows_sql(where, start_ns, end_ns, sources="source" in group)
         # a flow seen by several observers (sources) counts under each of them
         if "source" in group:

@@ -305,6 +305,19 @@ def _json_value(v):
     return v
 
 
+def top_group(by: str, group) -> list[str]:
+    """The group keys of a top-N query as a list, after checking `by` and each key."""
+    if by not in METRICS:
+        raise StoreError(f"top by {by!r}: use one of {', '.join(METRICS)}")
+    group = [group] if isinstance(group, str) else list(group)
+    if not group:
+        raise StoreError("top needs at least one group key")
+    bad = [g for g in group if g not in GROUP_KEYS]
+    if bad:
+        raise StoreError(f"unknown group key {bad[0]!r}; use any of {', '.join(GROUP_KEYS)}")
+    return group
+
+
 def record_dicts(records: np.ndarray) -> list[dict]:
     """A structured array's records as JSON-ready dicts."""
     names = records.dtype.names
@@ -587,14 +600,7 @@ class Store:
     def top(self, by: str = "bytes", group=("src", "dst"), start_ns=None, end_ns=None,
             limit: int = 10, where: dict | None = None) -> list[dict]:
         """Top-N merged flows grouped by keys (src, dst, sport, dport, proto, vlan, host, ...)."""
-        if by not in METRICS:
-            raise StoreError(f"top by {by!r}: use one of {', '.join(METRICS)}")
-        group = [group] if isinstance(group, str) else list(group)
-        if not group:
-            raise StoreError("top needs at least one group key")
-        bad = [g for g in group if g not in GROUP_KEYS]
-        if bad:
-            raise StoreError(f"unknown group key {bad[0]!r}; use any of {', '.join(GROUP_KEYS)}")
+        group = top_group(by, group)
         sql, p1, pred, p2 = self._merged(where, start_ns, end_ns, sources="source" in group)
         # a flow seen by several observers (sources) counts under each of them
         if "source" in group:
