@@ -217,7 +217,12 @@ class ComposeNet:
         if self._user_ok is None:
             uid, gid = self._user()
             capfan = shutil.which("capfan") or "capfan"
-            r = sh("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", capfan, "--help", check=False,
+            # with the services' own restrictions and from a shell, as the services start it: a
+            # venv's python3 linking into /root/.pyenv ran when setpriv exec'd it directly but
+            # not from a child process (seen here)
+            r = sh("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+                   "--bounding-set=-all", "--no-new-privs", "sh", "-c", f"exec {shlex.quote(capfan)} --help",
+                   check=False,
                    env={"PATH": os.environ["PATH"], "HOME": "/"}, cwd="/")
             self._user_ok = r.returncode == 0
             if not self._user_ok:
