@@ -22,6 +22,7 @@ from capfan import ring as R
 from tests.conftest import ring_dir, wait_for  # noqa: F401  (ring_dir is a fixture)
 from tests.frames import udp4
 from tests.netns import veth  # noqa: F401  (fixture)
+from tests.bpffs import bpffs, pins  # noqa: F401  (bpffs is a fixture)
 from tests import pcapfile
 from tests.pcapfile import read_pcap
 
@@ -59,9 +60,9 @@ p.close()
 
 
 @pytest.fixture(autouse=True)
-def tools(monkeypatch, tmp_path):
+def tools(monkeypatch, tmp_path, bpffs):
     """Root, tcpreplay and the AF_XDP backend are required (a failure, never a skip); owner
-    records go to a private CAPFAN_RUN_DIR."""
+    records go to a private CAPFAN_RUN_DIR, pins to a private bpffs (CAPFAN_BPF_DIR)."""
     if os.geteuid() != 0:
         pytest.fail("AF_XDP tests need root (CI runs as root)")
     for tool in ("tcpreplay", "ip", "setpriv"):
