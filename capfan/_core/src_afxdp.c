@@ -1101,12 +1101,14 @@ static int check_interface(afxdp *a, owners *ow, uint32_t *nq) {
         return capfan_set_error(CAPFAN_EINVAL, "MTU %d of %s does not fit an AF_XDP frame of %u bytes (%u bytes after "
                                 "the XDP headroom): use frame_size=4096 (MTU <= %u) or lower the MTU",
                                 mtu, a->ifname, a->frame_size, room, 4096 - XDP_HEADROOM - 22);
-    records_gc();
-    pins_gc();
     char rec[PATH_MAX];
     record_path(a->ifindex, rec, sizeof rec);
-    int rc = remove_stale(a->ifname, a->ifindex, ow, rec); /* a kill -9'd capture left it */
+    /* before the garbage collection, which would drop this interface's record of dead owners:
+     * without pins that record is what tells a kill -9'd capture's program is capfan's */
+    int rc = remove_stale(a->ifname, a->ifindex, ow, rec);
     if (rc < 0) return rc;
+    records_gc();
+    pins_gc();
     int mode;
     uint32_t id = attached_prog(a->ifindex, &mode);
     if (id && !is_capfan_prog(a->ifindex, id, ow->prog_id)) {

@@ -567,6 +567,10 @@ def test_without_bpffs_falls_back_to_ids(ring_dir, tmp_path, monkeypatch):
         q1 = Capture(v, "f2", queue=1)                                  # root: by id
         assert q1.error is None
         q1.stop()
+        q0.kill9()
+        # the dead capture's owner record still names its program: recognised, replaced
+        q0 = Capture(v, "f0", queue=0, xdp_mode="skb", prefix=NO_SYS_ADMIN)
+        assert q0.error is None
         q0.stop()
         assert xdp_prog(v) is None and os.listdir(plain) == []
     finally:
