@@ -13,8 +13,15 @@
  * detaches its program on xsk_socket__delete, (b) its dispatcher needs bpffs, which
  * `ip netns exec` hides, and costs throughput, (c) "xsk_def_prog" is shared by every libxdp
  * user, so a crash cleanup could not tell capfan's program from someone else's. The program is
- * built from raw instructions at run time: nothing is compiled at build time, nothing pinned.
+ * built from raw instructions at run time: nothing is compiled at build time.
  * libxdp still sets up the UMEM and the socket (XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD).
+ *
+ * Pins: opening a program or map by id needs CAP_SYS_ADMIN, which the agent's systemd unit does
+ * not grant. So the program and its XSKMAP are pinned in bpffs, $CAPFAN_BPF_DIR/<netns
+ * inode>-<ifindex>/{prog,xsks_map} (default /sys/fs/bpf/capfan), which needs only file access:
+ * a later queue's capture opens the pinned map, and after kill -9 the attached program is
+ * recognised by the pinned program's id. Without bpffs there (`ip netns exec` hides it) capfan
+ * falls back to opening by id.
  *
  * Owners: all capfan sockets of one interface (one process per queue) share one program.
  * $CAPFAN_RUN_DIR/afxdp/<netns inode>-<ifindex> (default /run/capfan) records the program id
@@ -35,6 +42,7 @@
 #include <linux/ethtool.h>
 #include <linux/if_link.h>
 #include <linux/if_xdp.h>
+#include <linux/magic.h>
 #include <linux/sockios.h>
 #include <net/if.h>
 #include <poll.h>
@@ -46,6 +54,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -167,11 +176,15 @@ static void lock_drop(int fd) {
     if (fd >= 0) close(fd); /* closing releases the flock */
 }
 
+/* Inode of this process's network namespace (0 if unknown). */
+static unsigned long long netns_ino(void) {
+    struct stat st;
+    return stat("/proc/self/ns/net", &st) == 0 ? (unsigned long long)st.st_ino : 0;
+}
+
 /* Owner record path: interface names and indexes are per network namespace, so key by both. */
 static void record_path(int ifindex, char *out, size_t n) {
-    struct stat st;
-    unsigned long long ns = stat("/proc/self/ns/net", &st) == 0 ? (unsigned long long)st.st_ino : 0;
-    snprintf(out, n, "%s/afxdp/%llu-%d", run_dir(), ns, ifindex);
+    snprintf(out, n, "%s/afxdp/%llu-%d", run_dir(), netns_ino(), ifindex);
 }
 
 /* Start time of a process in clock ticks (0 if it does not exist): tells a reused pid apart. */
@@ -282,6 +295,191 @@ static uint32_t attached_prog(int ifindex, int *mode) {
     return q.prog_id;
 }
 
+/* ------------------------------------------------------------------ pins in bpffs */
+
+#define PIN_PROG "prog"
+#define PIN_MAP "xsks_map"
+
+static char pin_why[PATH_MAX + 160]; /* why pins cannot be used here, for error messages */
+
+/* Where capfan pins its programs and maps: $CAPFAN_BPF_DIR, else /sys/fs/bpf/capfan. */
+static const char *pin_root(void) {
+    const char *d = getenv("CAPFAN_BPF_DIR");
+    return d && *d ? d : "/sys/fs/bpf/capfan";
+}
+
+/* Is `path` on a bpffs mount? */
+static int on_bpffs(const char *path) {
+    struct statfs sf;
+    return statfs(path, &sf) == 0 && (unsigned long)sf.f_type == (unsigned long)BPF_FS_MAGIC;
+}
+
+/* Can pins be used: the pin root is on bpffs (created if its parent is). Else pin_why says why. */
+static int pins_usable(void) {
+    const char *root = pin_root();
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", root);
+    char *slash = strrchr(parent, '/');
+    if (slash) *(slash == parent ? slash + 1 : slash) = 0;
+    struct stat st;
+    if (stat(root, &st) != 0 && errno == ENOENT && on_bpffs(slash ? parent : ".") && mkdir(root, 0700) != 0 &&
+        errno != EEXIST) {
+        snprintf(pin_why, sizeof pin_why, "cannot create %s: %s (make it writable: systemd ReadWritePaths=)",
+                 root, strerror(errno));
+        return 0;
+    }
+    if (!on_bpffs(root)) {
+        snprintf(pin_why, sizeof pin_why, "%s is not on a bpffs mount (mount it: mount -t bpf bpf /sys/fs/bpf; "
+                 "or set CAPFAN_BPF_DIR to a directory on one)", root);
+        return 0;
+    }
+    pin_why[0] = 0;
+    return 1;
+}
+
+/* The pin directory of an interface (key as the owner record: netns inode and ifindex). */
+static void pin_dir(unsigned long long ns, int ifindex, char *out, size_t n) {
+    snprintf(out, n, "%s/%llu-%d", pin_root(), ns, ifindex);
+}
+
+/* fd of object `what` pinned in `dir`, or -errno. */
+static int pin_get(const char *dir, const char *what) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, what);
+    int fd = bpf_obj_get(path);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Id of the program behind fd (0 if unknown). */
+static uint32_t fd_prog_id(int fd) {
+    struct bpf_prog_info info;
+    uint32_t len = sizeof info;
+    memset(&info, 0, sizeof info);
+    return bpf_obj_get_info_by_fd(fd, &info, &len) == 0 ? info.id : 0;
+}
+
+/* Id of the program pinned in `dir`, 0 if none. */
+static uint32_t pinned_id_at(const char *dir) {
+    int fd = pin_get(dir, PIN_PROG);
+    if (fd < 0) return 0;
+    uint32_t id = fd_prog_id(fd);
+    close(fd);
+    return id;
+}
+
+/* Id of the program pinned for ifindex in this netns, 0 if none. */
+static uint32_t pinned_prog_id(int ifindex) {
+    char dir[PATH_MAX];
+    pin_dir(netns_ino(), ifindex, dir, sizeof dir);
+    return pinned_id_at(dir);
+}
+
+/* fd of pinned program `id` of ifindex (the pin must still be that program), or -errno. */
+static int pinned_prog(int ifindex, uint32_t id) {
+    char dir[PATH_MAX];
+    pin_dir(netns_ino(), ifindex, dir, sizeof dir);
+    int fd = pin_get(dir, PIN_PROG);
+    if (fd >= 0 && fd_prog_id(fd) != id) {
+        close(fd);
+        return -ENOENT;
+    }
+    return fd;
+}
+
+/* fd of the XSKMAP pinned next to program `id` of ifindex, or -errno (-ENOENT: no such pins). */
+static int pinned_map(int ifindex, uint32_t id) {
+    char dir[PATH_MAX];
+    pin_dir(netns_ino(), ifindex, dir, sizeof dir);
+    if (pinned_id_at(dir) != id) return -ENOENT;
+    int fd = pin_get(dir, PIN_MAP);
+    if (fd < 0) return fd;
+    struct bpf_map_info mi;
+    uint32_t ml = sizeof mi;
+    memset(&mi, 0, sizeof mi);
+    if (bpf_obj_get_info_by_fd(fd, &mi, &ml) != 0 || mi.type != BPF_MAP_TYPE_XSKMAP) {
+        close(fd);
+        return -ENOENT;
+    }
+    return fd;
+}
+
+/* Remove the pins in `dir` and the directory itself. */
+static void pins_remove_at(const char *dir) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, PIN_PROG);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/%s", dir, PIN_MAP);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Remove the pins of ifindex unless they are of the program attached there now (`attached`). */
+static void pins_drop_unless(int ifindex, uint32_t attached) {
+    char dir[PATH_MAX];
+    pin_dir(netns_ino(), ifindex, dir, sizeof dir);
+    struct stat st;
+    if (stat(dir, &st) != 0) return;
+    if (!attached || pinned_id_at(dir) != attached) pins_remove_at(dir);
+}
+
+/* Pin a newly attached program and its XSKMAP for ifindex. Best effort: without the pins the
+ * capture works, but other queues and crash recovery need CAP_SYS_ADMIN (pin_why says why). */
+static void pins_save(int ifindex, int prog_fd, int map_fd) {
+    if (!pins_usable()) return;
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    pin_dir(netns_ino(), ifindex, dir, sizeof dir);
+    pins_remove_at(dir); /* an earlier program's, already known to be stale */
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) goto fail;
+    snprintf(path, sizeof path, "%s/%s", dir, PIN_MAP);
+    if (bpf_obj_pin(map_fd, path) != 0) goto fail;
+    snprintf(path, sizeof path, "%s/%s", dir, PIN_PROG); /* last: a prog pin means both are there */
+    if (bpf_obj_pin(prog_fd, path) != 0) goto fail;
+    return;
+fail:
+    snprintf(pin_why, sizeof pin_why, "cannot pin %s: %s", path, strerror(errno));
+    pins_remove_at(dir);
+}
+
+/* Does network namespace `ino` still exist (a process in it, or an `ip netns` name)? */
+static int netns_exists(unsigned long long ino) {
+    static const char *const dirs[] = {"/proc", "/run/netns", "/var/run/netns"};
+    char path[PATH_MAX];
+    struct stat st;
+    for (size_t k = 0; k < sizeof dirs / sizeof dirs[0]; k++) {
+        DIR *d = opendir(dirs[k]);
+        if (!d) continue;
+        int found = 0;
+        for (struct dirent *e; !found && (e = readdir(d));) {
+            if (e->d_name[0] == '.' || (k == 0 && (e->d_name[0] < '0' || e->d_name[0] > '9'))) continue;
+            snprintf(path, sizeof path, k == 0 ? "%s/%s/ns/net" : "%s/%s", dirs[k], e->d_name);
+            found = stat(path, &st) == 0 && (unsigned long long)st.st_ino == ino;
+        }
+        closedir(d);
+        if (found) return 1;
+    }
+    return 0;
+}
+
+/* Remove stale pins: in this netns those of a program no longer attached to its interface
+ * (interface re-created, program removed by hand); of another netns, once it is gone. */
+static void pins_gc(void) {
+    if (!pins_usable()) return;
+    DIR *d = opendir(pin_root());
+    if (!d) return;
+    unsigned long long mine = netns_ino();
+    for (struct dirent *e; (e = readdir(d));) {
+        unsigned long long ns;
+        int ifindex, mode, end = 0;
+        if (sscanf(e->d_name, "%llu-%d%n", &ns, &ifindex, &end) != 2 || e->d_name[end]) continue;
+        char dir[PATH_MAX];
+        pin_dir(ns, ifindex, dir, sizeof dir);
+        uint32_t pinned = ns == mine ? pinned_id_at(dir) : 0;
+        if (ns == mine ? !pinned || attached_prog(ifindex, &mode) != pinned : !netns_exists(ns))
+            pins_remove_at(dir);
+    }
+    closedir(d);
+}
+
 /* Name of a loaded BPF program (empty if it cannot be read). */
 static void prog_name(uint32_t id, char *out, size_t n) {
     struct bpf_prog_info info;
@@ -294,11 +492,13 @@ static void prog_name(uint32_t id, char *out, size_t n) {
     close(fd);
 }
 
-/* Is program `id` capfan's redirect program? By its name; when the name cannot be read (opening
- * a program by id needs CAP_SYS_ADMIN, which the agent's systemd unit does not grant), by the
- * owner record: `recorded` is the program id capfan's record of this interface names (0: none). */
-static int is_capfan_prog(uint32_t id, uint32_t recorded) {
+/* Is program `id` (attached to ifindex) capfan's redirect program? The one capfan pinned for
+ * ifindex is; else by its name; when the name cannot be read (opening a program by id needs
+ * CAP_SYS_ADMIN, which the agent's systemd unit does not grant), by the owner record:
+ * `recorded` is the program id capfan's record of this interface names (0: none). */
+static int is_capfan_prog(int ifindex, uint32_t id, uint32_t recorded) {
     char name[BPF_OBJ_NAME_LEN];
+    if (id && pinned_prog_id(ifindex) == id) return 1;
     int fd = bpf_prog_get_fd_by_id(id);
     if (fd < 0) return errno == EPERM && recorded == id;
     close(fd);
@@ -313,10 +513,14 @@ static uint32_t mode_flags(int mode) {
 
 /* Detach program `id` only if it is still the one attached (XDP_FLAGS_REPLACE semantics).
  * Without CAP_SYS_ADMIN the program cannot be opened by id (CAP_BPF + CAP_NET_ADMIN can attach
- * and detach, not open by id): then detach whatever is attached in that mode if a query (under
- * capfan's lock) still shows `id`. */
+ * and detach, not open by id): then open it by its pin, and without one detach whatever is
+ * attached in that mode if a query (under capfan's lock) still shows `id`. */
 static int prog_detach(int ifindex, uint32_t id, int mode) {
     int fd = bpf_prog_get_fd_by_id(id);
+    if (fd < 0 && errno == EPERM) {
+        fd = pinned_prog(ifindex, id);
+        if (fd < 0) errno = EPERM;
+    }
     if (fd < 0) {
         if (errno != EPERM) return -errno;
         int now_mode;
@@ -396,6 +600,7 @@ static int prog_attach_new(afxdp *a, uint32_t entries, int *mode, int *map_fd, u
         memset(&info, 0, sizeof info);
         bpf_obj_get_info_by_fd(pfd, &info, &len);
         *prog_id = info.id;
+        pins_save(a->ifindex, pfd, mfd);
     }
     close(pfd); /* the attachment keeps the program alive */
     if (rc != 0) {
@@ -468,8 +673,9 @@ static int remove_stale(const char *ifname, int ifindex, owners *ow, const char 
     int mode;
     uint32_t id = attached_prog(ifindex, &mode);
     record_load(rec, ow);
-    if (!id || !is_capfan_prog(id, ow->prog_id)) {
+    if (!id || !is_capfan_prog(ifindex, id, ow->prog_id)) {
         if (ow->n) unlink(rec); /* the program is gone (interface re-created, manual unload) */
+        pins_drop_unless(ifindex, 0);
         ow->n = 0;
         ow->prog_id = 0;
         return 0;
@@ -479,6 +685,7 @@ static int remove_stale(const char *ifname, int ifindex, owners *ow, const char 
     if (owners_prune(ow) > 0) return 0;
     int rc = prog_detach(ifindex, id, mode);
     unlink(rec);
+    pins_drop_unless(ifindex, attached_prog(ifindex, &mode));
     ow->prog_id = 0;
     if (rc != 0 && rc != -ENOENT) return sys_error(-rc, "cannot remove the stale capfan XDP program", ifname);
     return 1;
@@ -797,6 +1004,7 @@ static void owner_leave(afxdp *a) {
         uint32_t id = attached_prog(a->ifindex, &mode);
         if (id == a->prog_id) prog_detach(a->ifindex, id, mode);
         unlink(rec);
+        pins_drop_unless(a->ifindex, attached_prog(a->ifindex, &mode));
     } else {
         record_save(rec, ow, a->ifname);
     }
@@ -893,14 +1101,17 @@ static int check_interface(afxdp *a, owners *ow, uint32_t *nq) {
         return capfan_set_error(CAPFAN_EINVAL, "MTU %d of %s does not fit an AF_XDP frame of %u bytes (%u bytes after "
                                 "the XDP headroom): use frame_size=4096 (MTU <= %u) or lower the MTU",
                                 mtu, a->ifname, a->frame_size, room, 4096 - XDP_HEADROOM - 22);
-    records_gc();
     char rec[PATH_MAX];
     record_path(a->ifindex, rec, sizeof rec);
-    int rc = remove_stale(a->ifname, a->ifindex, ow, rec); /* a kill -9'd capture left it */
+    /* before the garbage collection, which would drop this interface's record of dead owners:
+     * without pins that record is what tells a kill -9'd capture's program is capfan's */
+    int rc = remove_stale(a->ifname, a->ifindex, ow, rec);
     if (rc < 0) return rc;
+    records_gc();
+    pins_gc();
     int mode;
     uint32_t id = attached_prog(a->ifindex, &mode);
-    if (id && !is_capfan_prog(id, ow->prog_id)) {
+    if (id && !is_capfan_prog(a->ifindex, id, ow->prog_id)) {
         char name[BPF_OBJ_NAME_LEN];
         prog_name(id, name, sizeof name);
         return capfan_set_error(CAPFAN_EBUSY, "%s already has an XDP program that is not capfan's (id %u, name \"%s\"); "
@@ -923,14 +1134,22 @@ static int setup(afxdp *a, owners *ow, uint32_t nq) {
     int mode = 0, rc;
     a->prog_id = attached_prog(a->ifindex, &mode);
     if (a->prog_id) { /* live capfan owners on other queues: share their program and map */
-        a->map_fd = prog_map(a->prog_id);
+        a->map_fd = pinned_map(a->ifindex, a->prog_id); /* file access is enough */
+        if (a->map_fd < 0) a->map_fd = prog_map(a->prog_id);
         if (a->map_fd < 0) {
             a->prog_id = 0; /* not ours to detach on the error path */
-            if (a->map_fd == -EPERM)
+            if (a->map_fd == -EPERM) {
+                char dir[PATH_MAX];
+                pin_dir(netns_ino(), a->ifindex, dir, sizeof dir);
+                if (pins_usable())
+                    snprintf(pin_why, sizeof pin_why, "%s holds no pins of it (the capture that attached it could "
+                             "not pin it, or predates pinning)", dir);
                 return capfan_set_error(CAPFAN_EPERM, "queue %u of %s cannot join the XDP program capfan's capture of "
-                                        "another queue attached: opening it by id needs CAP_SYS_ADMIN (CAP_BPF is not "
-                                        "enough); capture one queue per interface, use source = \"afpacket\", or grant "
-                                        "CAP_SYS_ADMIN", a->o.queue, a->ifname);
+                                        "another queue attached: its XSKMAP is not pinned (%s), and opening it by id "
+                                        "needs CAP_SYS_ADMIN (CAP_BPF is not enough); make bpffs available and "
+                                        "restart the captures of %s, or grant CAP_SYS_ADMIN",
+                                        a->o.queue, a->ifname, pin_why, a->ifname);
+            }
             return sys_error(-a->map_fd, "cannot open the XSKMAP of capfan's XDP program", a->ifname);
         }
     } else {

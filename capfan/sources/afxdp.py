@@ -126,8 +126,9 @@ def _raise_source_error():
 
 
 def cleanup(ifname: str) -> int:
-    """Remove the XDP program a killed capfan capture left on `ifname` (in this network
-    namespace); returns how many were removed (0 if none, or if a live capture uses it)."""
+    """Remove the XDP program (and its pins in $CAPFAN_BPF_DIR) a killed capfan capture left on
+    `ifname` (in this network namespace); returns how many were removed (0 if none, or if a live
+    capture uses it)."""
     n = lib.capfan_afxdp_cleanup(ifname.encode())
     if n < 0:
         _raise_source_error()

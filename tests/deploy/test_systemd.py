@@ -12,6 +12,7 @@ import pytest
 from capfan.agents import config as agent_config
 from tests.conftest import ring_dir  # noqa: F401 - fixture
 from tests.netns import veth  # noqa: F401 - fixture
+from tests.bpffs import bpffs  # noqa: F401 - fixture
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 # capability numbers (include/uapi/linux/capability.h) of the ones a unit may name here
@@ -102,6 +103,10 @@ def test_agent_sandbox_leaves_what_capture_uses(agent):
                                                        "AF_PACKET", "AF_XDP"}
     assert "bpf" in words(agent, "SystemCallFilter")          # loading the XDP program
     assert "/dev/shm" in words(agent, "ReadWritePaths")       # the rings
+    # AF_XDP pins (the C core's default CAPFAN_BPF_DIR): writable, and created for the capfan user
+    # by root before the sandboxed start; "-": a host without bpffs still starts (by-id fallback)
+    assert "-/sys/fs/bpf/capfan" in words(agent, "ReadWritePaths")
+    assert one(agent, "ExecStartPre") == "-+/usr/bin/install -d -m 0700 -o capfan -g capfan /sys/fs/bpf/capfan"
     assert "PrivateDevices" not in agent["Service"] and "RemoveIPC" not in agent["Service"]
     # the run and state directories are the config defaults (agents/config.py)
     assert one(agent, "RuntimeDirectory") == "capfan"
@@ -228,15 +233,93 @@ def test_agent_captures_af_xdp_with_exactly_the_unit_capabilities(agent, ring_di
 
 @pytest.mark.privileged
 @pytest.mark.slow
-def test_af_xdp_second_queue_under_the_unit_capabilities_names_what_is_missing(agent, ring_dir, tmp_path):
-    """Known limit of the unit's set: a capture process of another queue cannot open the XDP
-    program the first one attached (opening by id needs CAP_SYS_ADMIN); it says so."""
-    from tests.agents.test_agent_veth import xdp_prog
+def test_af_xdp_queues_and_kill9_recovery_under_the_unit_capabilities(agent, ring_dir, tmp_path, bpffs):
+    """With exactly the unit's capabilities (no CAP_SYS_ADMIN) two capture processes of two
+    queues of one interface share capfan's pinned XDP program and both receive their packets;
+    after kill -9 of both, a restart replaces the leftover program with no `ip link set xdp
+    off`; the last close leaves no program and no pin."""
+    from capfan import ring as R
+    from tests.agents.agentrun import flow_frames, replay_pcap
+    from tests.agents.test_agent_veth import send, xdp_prog
+    from tests.bpffs import pins
+    from tests.conftest import wait_for
     from tests.netns import VethPair
 
     v = VethPair().up(cap_queues=2, peer_queues=2)
     prefix = unit_privileges(words(agent, "AmbientCapabilities"), one(agent, "LimitMEMLOCK"))
-    env = {**os.environ, "CAPFAN_RING_DIR": ring_dir}
+    env = {**os.environ, "CAPFAN_RING_DIR": ring_dir, "CAPFAN_RUN_DIR": str(tmp_path / "run")}
+    procs = []
+
+    def capture(queue):
+        """A `capfan capture` of one queue, started the way the unit starts the agent; returns once
+        its socket is in the XSKMAP (it prints "capturing:"), failing with its output otherwise."""
+        cmd = ["ip", "netns", "exec", v.cap_ns, *prefix, shutil.which("capfan"), "capture", v.cap_if,
+               "--ring", f"mq.q{queue}", "--source", "afxdp", "--queue", str(queue), "-o", "xdp_mode=native",
+               "--ndesc", "4096", "--arena", "32M", "--duration", "120", "-q"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs.append(p)
+        seen = []
+        while not any(line.startswith("capturing:") for line in seen):
+            line = p.stderr.readline()
+            assert line, f"queue {queue} capture did not start: {''.join(seen)}{p.communicate()}"
+            seen.append(line)
+        return p
+
+    def heads():
+        return [R.Ring(f"mq.q{q}").stats()["head"] for q in (0, 1)]
+
+    try:
+        for ns, ifc in ((v.cap_ns, v.cap_if), (v.peer_ns, v.peer_if)):  # only our frames on the wire
+            for key in ("all", "default", ifc):
+                v.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        frames = flow_frames(600, flows=64, seed=9)
+        path = replay_pcap(tmp_path, frames)
+        progs = []
+        for round_ in range(2):
+            q0 = capture(0)
+            progs.append(xdp_prog(v))
+            assert progs[-1] is not None and progs[-1] not in progs[:-1]   # round 2: the leftover replaced
+            first_pins = pins(bpffs)
+            assert len(first_pins) == 2, first_pins                     # prog + xsks_map
+            q1 = capture(1)
+            assert pins(bpffs) == first_pins
+            before = heads()
+            assert send(v, path, pps=4000) == len(frames)
+            assert wait_for(lambda: sum(heads()) - sum(before) >= len(frames), 15, 0.05), heads()
+            got = [h - b for h, b in zip(heads(), before)]
+            assert got[0] > 0 and got[1] > 0 and sum(got) == len(frames), got   # both queues, every packet
+            if round_ == 0:                                       # crash both: nothing cleans up
+                for p in (q1, q0):
+                    p.kill()
+                    p.communicate(timeout=30)
+                assert xdp_prog(v) is not None and pins(bpffs) == first_pins
+        for p in (q1, q0):                                        # the restarted pair stops cleanly
+            p.send_signal(2)
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 0 and "Traceback" not in err, err
+        assert xdp_prog(v) is None and pins(bpffs) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        v.down()
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_af_xdp_second_queue_without_bpffs_names_what_is_missing(agent, ring_dir, tmp_path, monkeypatch):
+    """Where /sys/fs/bpf (the unit's pin directory) is no bpffs, as inside `ip netns exec`, the
+    unit's capabilities cannot open the first queue's program by id: the second queue's capture
+    stops with a message naming the pin directory, how to mount bpffs and CAP_SYS_ADMIN."""
+    from tests.agents.test_agent_veth import xdp_prog
+    from tests.conftest import wait_for
+    from tests.netns import VethPair
+
+    monkeypatch.delenv("CAPFAN_BPF_DIR", raising=False)            # the default the unit relies on
+    v = VethPair().up(cap_queues=2, peer_queues=2)
+    prefix = unit_privileges(words(agent, "AmbientCapabilities"), one(agent, "LimitMEMLOCK"))
+    env = {**os.environ, "CAPFAN_RING_DIR": ring_dir, "CAPFAN_RUN_DIR": str(tmp_path / "run")}
 
     def capture(queue):
         return ["ip", "netns", "exec", v.cap_ns, *prefix, shutil.which("capfan"), "capture", v.cap_if,
@@ -245,12 +328,13 @@ def test_af_xdp_second_queue_under_the_unit_capabilities_names_what_is_missing(a
 
     first = subprocess.Popen(capture(0), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        from tests.conftest import wait_for
         assert wait_for(lambda: xdp_prog(v) is not None or first.poll() is not None, 30, 0.05)
         assert first.poll() is None, first.communicate()
         second = subprocess.run(capture(1), capture_output=True, text=True, env=env, timeout=60)
         assert second.returncode != 0
-        assert "queue 1" in second.stderr and "CAP_SYS_ADMIN" in second.stderr, second.stderr
+        err = " ".join(second.stderr.split())
+        assert "queue 1" in err and "CAP_SYS_ADMIN" in err, err
+        assert "/sys/fs/bpf/capfan is not on a bpffs mount" in err and "mount -t bpf" in err, err
         assert "Traceback" not in second.stderr
         first.send_signal(2)
         first.communicate(timeout=30)

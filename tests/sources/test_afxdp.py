@@ -22,6 +22,7 @@ from capfan import ring as R
 from tests.conftest import ring_dir, wait_for  # noqa: F401  (ring_dir is a fixture)
 from tests.frames import udp4
 from tests.netns import veth  # noqa: F401  (fixture)
+from tests.bpffs import bpffs, pins  # noqa: F401  (bpffs is a fixture)
 from tests import pcapfile
 from tests.pcapfile import read_pcap
 
@@ -59,9 +60,9 @@ p.close()
 
 
 @pytest.fixture(autouse=True)
-def tools(monkeypatch, tmp_path):
+def tools(monkeypatch, tmp_path, bpffs):
     """Root, tcpreplay and the AF_XDP backend are required (a failure, never a skip); owner
-    records go to a private CAPFAN_RUN_DIR."""
+    records go to a private CAPFAN_RUN_DIR, pins to a private bpffs (CAPFAN_BPF_DIR)."""
     if os.geteuid() != 0:
         pytest.fail("AF_XDP tests need root (CI runs as root)")
     for tool in ("tcpreplay", "ip", "setpriv"):
@@ -129,9 +130,9 @@ def send(v, path, pps=SEND_PPS):
 class Capture:
     """An AF_XDP capture process in the capture namespace, writing into a ring."""
 
-    def __init__(self, v, ring, expect_error=False, **opts):
+    def __init__(self, v, ring, expect_error=False, prefix=(), **opts):
         opts.setdefault("ifname", v.cap_if)
-        self.proc = v.popen(v.cap_ns, sys.executable, "-c", CAPTURE_SCRIPT, ring, json.dumps(opts),
+        self.proc = v.popen(v.cap_ns, *prefix, sys.executable, "-c", CAPTURE_SCRIPT, ring, json.dumps(opts),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
         line = self.proc.stdout.readline()
@@ -187,6 +188,33 @@ def drain(consumer):
 def records(run_dir):
     d = os.path.join(run_dir, "afxdp")
     return sorted(f for f in os.listdir(d) if f != "lock") if os.path.isdir(d) else []
+
+
+def pinned(v, ifname=None):
+    """The pins capfan keeps for the capture interface: [] or ["<key>/prog", "<key>/xsks_map"],
+    key = <netns inode>-<ifindex> as in the owner record."""
+    key = v.run(v.cap_ns, "sh", "-c", f"echo $(stat -L -c %i /proc/self/ns/net)-"
+                f"$(cat /sys/class/net/{ifname or v.cap_if}/ifindex)").stdout.strip()
+    got = pins(os.environ["CAPFAN_BPF_DIR"])
+    assert all(p.startswith(key + "/") for p in got), f"pins of another interface: {got} (key {key})"
+    return got
+
+
+def xdp_prog_id(v, ifname=None):
+    """Id of the capture interface's XDP program, or None."""
+    line = xdp_prog(v, ifname)
+    return int(line.split(" id ")[1].split()[0]) if line else None
+
+
+# exactly what the agent's systemd unit grants for AF_XDP (tests/deploy checks the unit's set)
+NO_SYS_ADMIN = ["setpriv", "--bounding-set=-all,+net_raw,+net_admin,+bpf,+ipc_lock,+sys_nice", "--inh-caps=-all",
+                "--no-new-privs", "--"]
+
+
+def cap_eff(pid):
+    """Effective capability mask of a process."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("CapEff:")).split()[1], 16)
 
 
 # ------------------------------------------------------------------ tests
@@ -293,6 +321,7 @@ def test_kill9_then_next_open_cleans_up_and_binds(veth, ring_dir):
     stale = xdp_prog(veth)
     assert stale and "capfan_xsk" in stale, "SIGKILL cannot detach: the program must still be there"
     assert len(records(os.environ["CAPFAN_RUN_DIR"])) == 1
+    assert len(pinned(veth)) == 2, "the pins outlive the process: they identify its program"
 
     c = R.Consumer("k", "after", policy="reliable")
     cap2 = Capture(veth, "k", xdp_mode="skb")
@@ -309,6 +338,7 @@ def test_kill9_then_next_open_cleans_up_and_binds(veth, ring_dir):
     assert [p[3] for p in R.Ring("k").recent(2 * len(frames))] == frames + frames
     assert xdp_prog(veth) is None
     assert records(os.environ["CAPFAN_RUN_DIR"]) == []
+    assert pinned(veth) == []
 
 
 CLEANUP = "from capfan.sources.afxdp import cleanup; import sys; print(cleanup(sys.argv[1]))"
@@ -326,10 +356,12 @@ def test_cleanup_removes_only_stale_capfan_programs(veth, ring_dir):
     assert cleanup() == 0
     cap = Capture(veth, "c")
     assert cleanup() == 0 and xdp_prog(veth) is not None   # live owner: untouched
+    assert len(pinned(veth)) == 2
     cap.kill9()
-    assert xdp_prog(veth) is not None
+    assert xdp_prog(veth) is not None and len(pinned(veth)) == 2
     assert cleanup() == 1
     assert xdp_prog(veth) is None and records(os.environ["CAPFAN_RUN_DIR"]) == []
+    assert pinned(veth) == []
     assert cleanup() == 0
 
     veth.run(veth.cap_ns, "ip", "link", "set", "dev", veth.cap_if, "xdpgeneric", "obj",
@@ -388,6 +420,7 @@ def test_open_errors_are_clear_and_leave_nothing(veth, ring_dir):
 
     assert xdp_prog(veth) is None
     assert records(os.environ["CAPFAN_RUN_DIR"]) == []
+    assert pinned(veth) == []
 
 
 def test_two_queues_share_one_program(ring_dir):
@@ -403,6 +436,7 @@ def test_two_queues_share_one_program(ring_dir):
         q0 = Capture(v, "m0", queue=0, xdp_mode="native")
         q1 = Capture(v, "m1", queue=1, xdp_mode="auto", port=1)
         assert q1.error is None and q1.start_stats["xdp_mode"] == 2
+        assert len(pinned(v)) == 2                      # one program, one map, for both queues
         R.create("m2", ndesc=4096, arena_bytes=16 << 20)
         kind, msg = open_error(v, "m2", queue=0)
         assert kind == "SourceError" and "already captured by capfan process" in msg
@@ -411,13 +445,134 @@ def test_two_queues_share_one_program(ring_dir):
         assert wait_for(lambda: head_of("m0") + head_of("m1") >= sent, timeout=10)
         st1 = q1.stop()
         assert xdp_prog(v) is not None, "queue 0 still captures: the program must stay"
+        assert len(pinned(v)) == 2
         st0 = q0.stop()
-        assert xdp_prog(v) is None
+        assert xdp_prog(v) is None and pinned(v) == []
         got = [p for _, p in drain(c0)] + [p for _, p in drain(c1)]
         assert sorted(got) == sorted(frames)
         assert st0["published"] + st1["published"] == len(frames)
         assert st0["kernel_drops"] == st1["kernel_drops"] == 0
         assert R.Ring("m1").port_linktype(1) == 1
+    finally:
+        v.down()
+
+
+def test_queues_join_and_recover_without_cap_sys_admin(ring_dir, tmp_path):
+    """Under the agent unit's capabilities (no CAP_SYS_ADMIN: nothing can be opened by id) a
+    second queue's capture joins the first one's program through the pinned XSKMAP and both
+    receive their packets; after kill -9 of every capture the pinned program is recognised and
+    replaced by the next open, with no `ip link set xdp off`; the last close removes the pins."""
+    from tests.netns import VethPair
+    v = VethPair().up(cap_queues=2, peer_queues=2)
+    caps = []
+    try:
+        quiet(v)
+        for name in ("u0", "u1"):
+            R.create(name, ndesc=4096, arena_bytes=16 << 20)
+        c0, c1 = R.Consumer("u0", "c"), R.Consumer("u1", "c")
+        q0 = Capture(v, "u0", queue=0, xdp_mode="native", prefix=NO_SYS_ADMIN)  # veth: skb mode sees queue 0 only
+        caps.append(q0)
+        assert cap_eff(q0.proc.pid) >> 21 & 1 == 0, "the capture must run without CAP_SYS_ADMIN"
+        assert len(pinned(v)) == 2
+        q1 = Capture(v, "u1", queue=1, port=1, prefix=NO_SYS_ADMIN)
+        caps.append(q1)
+        assert q1.error is None and q1.start_stats["xdp_mode"] == 2
+        frames = [numbered(i) for i in range(400)]  # 400 flows: veth's RX queue follows the flow hash
+        write_pcap(tmp_path / "n.pcap", frames)
+        assert send(v, tmp_path / "n.pcap", pps=4000) == len(frames)
+        assert wait_for(lambda: head_of("u0") + head_of("u1") >= len(frames), timeout=10)
+        got0, got1 = [p for _, p in drain(c0)], [p for _, p in drain(c1)]
+        assert got0 and got1, f"both queues must receive packets ({len(got0)} + {len(got1)})"
+        assert sorted(got0 + got1) == sorted(frames)
+
+        first = xdp_prog_id(v)
+        q0.kill9()
+        q1.kill9()
+        assert xdp_prog_id(v) == first and len(pinned(v)) == 2   # SIGKILL cleans nothing up
+        q1 = Capture(v, "u1", queue=1, port=1, prefix=NO_SYS_ADMIN)
+        caps.append(q1)
+        assert q1.error is None
+        again = xdp_prog_id(v)
+        assert again and again != first, "the dead captures' program must have been replaced"
+        q0 = Capture(v, "u0", queue=0, prefix=NO_SYS_ADMIN)  # joins the restarted one's program
+        caps.append(q0)
+        assert q0.error is None and xdp_prog_id(v) == again
+        assert send(v, tmp_path / "n.pcap", pps=4000) == len(frames)
+        assert wait_for(lambda: head_of("u0") + head_of("u1") >= 2 * len(frames), timeout=10)
+        st1, st0 = q1.stop(), q0.stop()
+        assert st0["published"] + st1["published"] == len(frames)
+        assert sorted([p for _, p in drain(c0)] + [p for _, p in drain(c1)]) == sorted(frames)
+        assert xdp_prog(v) is None and pinned(v) == []
+        assert records(os.environ["CAPFAN_RUN_DIR"]) == []
+    finally:
+        for c in caps:
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait()
+        v.down()
+
+
+def test_stale_pins_are_replaced_or_removed(veth, ring_dir, tmp_path):
+    """Pins whose program is no longer attached (removed by hand after kill -9) are replaced by
+    the next open; pins of a namespace that is gone are removed by the next open elsewhere."""
+    quiet(veth)
+    R.create("s", ndesc=1024, arena_bytes=16 << 20)
+    cap = Capture(veth, "s")
+    cap.kill9()
+    old = pinned(veth)
+    assert len(old) == 2
+    veth.run(veth.cap_ns, "ip", "link", "set", "dev", veth.cap_if, "xdpgeneric", "off")
+    cap = Capture(veth, "s", prefix=NO_SYS_ADMIN)
+    assert pinned(veth) == old and xdp_prog_id(veth) is not None
+    cap.kill9()
+    # without CAP_SYS_ADMIN only the pins can tell this leftover is capfan's: they must be the
+    # new program's, or this open would find "an XDP program that is not capfan's"
+    cap = Capture(veth, "s", prefix=NO_SYS_ADMIN)
+    assert cap.error is None and pinned(veth) == old
+    cap.kill9()
+
+    from tests.netns import VethPair
+    other = VethPair().up()
+    try:
+        quiet(other)
+        R.create("s2", ndesc=1024, arena_bytes=16 << 20)
+        veth.down()                               # the namespace (and its interface) is gone
+        assert pins(os.environ["CAPFAN_BPF_DIR"]) == old
+        cap2 = Capture(other, "s2")
+        assert pinned(other) != [] and not set(old) & set(pins(os.environ["CAPFAN_BPF_DIR"]))
+        cap2.stop()
+        assert pins(os.environ["CAPFAN_BPF_DIR"]) == []
+    finally:
+        other.down()
+
+
+def test_without_bpffs_falls_back_to_ids(ring_dir, tmp_path, monkeypatch):
+    """CAPFAN_BPF_DIR not on bpffs: nothing is pinned, root captures as before (by id), and a
+    second queue without CAP_SYS_ADMIN is refused with a message naming both ways out."""
+    from tests.netns import VethPair
+    plain = tmp_path / "notbpf"
+    plain.mkdir()
+    monkeypatch.setenv("CAPFAN_BPF_DIR", str(plain / "capfan"))
+    v = VethPair().up(cap_queues=2, peer_queues=2)
+    try:
+        quiet(v)
+        for name in ("f0", "f1", "f2"):
+            R.create(name, ndesc=1024, arena_bytes=16 << 20)
+        q0 = Capture(v, "f0", queue=0, xdp_mode="skb", prefix=NO_SYS_ADMIN)
+        assert os.listdir(plain) == []
+        kind, msg = open_error(v, "f1", queue=1, prefix=NO_SYS_ADMIN)
+        assert kind == "CapturePermissionError", (kind, msg)
+        assert "queue 1" in msg and "CAP_SYS_ADMIN" in msg and "not on a bpffs mount" in msg
+        assert "mount -t bpf" in msg and "CAPFAN_BPF_DIR" in msg
+        q1 = Capture(v, "f2", queue=1)                                  # root: by id
+        assert q1.error is None
+        q1.stop()
+        q0.kill9()
+        # the dead capture's owner record still names its program: recognised, replaced
+        q0 = Capture(v, "f0", queue=0, xdp_mode="skb", prefix=NO_SYS_ADMIN)
+        assert q0.error is None
+        q0.stop()
+        assert xdp_prog(v) is None and os.listdir(plain) == []
     finally:
         v.down()
 
