@@ -134,6 +134,25 @@ def memlock_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def mount_fstype(path: str, mounts: str = "/proc/self/mounts") -> str | None:
+    """File system type of the mount holding `path` (the longest mount point above it)."""
+    path = os.path.abspath(path)
+    best, fstype = "", None
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mp = parts[1].replace("\\040", " ")
+                inside = path == mp or path.startswith(mp.rstrip("/") + "/")
+                if inside and len(mp) >= len(best):
+                    best, fstype = mp, parts[2]
+    except OSError:
+        return None
+    return fstype
+
+
 def kernel_release() -> str:
     """uname -r."""
     return platform.release()

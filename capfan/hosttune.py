@@ -590,6 +590,24 @@ def plan_kernel(release: str, afxdp: bool, busy_poll: bool) -> Action:
     return a
 
 
+def plan_bpffs(pin_dir: str, fstype: str | None, afxdp_multiqueue: bool, sys_admin: bool) -> Action:
+    """bpffs under capfan's pin directory: how AF_XDP queues after the first join the XDP program
+    without CAP_SYS_ADMIN (and how a capture after kill -9 recognises its leftover program)."""
+    a = Action("host", "bpffs", OK, current=f"{pin_dir} on {fstype or 'no mount'}", wanted="bpf")
+    if fstype == "bpf":
+        return a
+    if not afxdp_multiqueue or sys_admin:
+        a.status = INFO
+        a.note = ("not needed now (only AF_XDP on several queues of one interface without CAP_SYS_ADMIN "
+                  "needs it)")
+        return a
+    a.status = MANUAL
+    a.note = ("AF_XDP captures of a second queue join the first one's XDP program through pins in bpffs; "
+              "without CAP_SYS_ADMIN they fail: mount bpffs (or set CAPFAN_BPF_DIR to a directory on one)")
+    a.commands = [Command("mount -t bpf bpf /sys/fs/bpf", argv=["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])]
+    return a
+
+
 def plan_capabilities(have: int, needed: dict[str, list[tuple[int, ...]]], names: dict[int, str]) -> Action:
     """The capabilities the configured backends need, against `have` (a CapEff mask)."""
     a = Action("host", "capabilities", OK)

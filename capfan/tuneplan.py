@@ -26,6 +26,7 @@ class Target:
     sources: set[str]                          # capture backends of the config
     afxdp_arena: int = 0                       # bytes of AF_XDP arenas (UMEM, memlock)
     afxdp_busy_poll: bool = False
+    afxdp_multiqueue: bool = False             # some interface has several AF_XDP queues
     config: str | None = None
 
 
@@ -96,6 +97,7 @@ def target(ifaces: list[str], config: str | None = None, queues: int | None = No
                   sources={w.source for w in (cfg.captures if cfg else [])},
                   afxdp_arena=sum(w.geometry["arena"] for w in afxdp),
                   afxdp_busy_poll=any(w.options.get("busy_poll") for w in afxdp),
+                  afxdp_multiqueue=any(sum(1 for v in afxdp if v.interface == w.interface) > 1 for w in afxdp),
                   config=config)
 
 
@@ -126,6 +128,9 @@ def doctor_plan(tg: Target) -> list[T.Action]:
     out.append(T.plan_capabilities(caps, needed, agentconfig.CAP_NAMES))
     out.append(T.plan_memlock(P.memlock_limit(), bool(caps >> agentconfig.CAP_IPC_LOCK & 1), tg.afxdp_arena))
     out.append(T.plan_kernel(P.kernel_release(), "afxdp" in tg.sources, tg.afxdp_busy_poll))
+    pin_dir = os.environ.get("CAPFAN_BPF_DIR") or "/sys/fs/bpf/capfan"
+    out.append(T.plan_bpffs(pin_dir, P.mount_fstype(pin_dir), tg.afxdp_multiqueue,
+                            bool(caps >> agentconfig.CAP_SYS_ADMIN & 1)))
     built = backends_built()
     lx = T.Action("host", "libxdp", T.OK, current="AF_XDP backend built" if "afxdp" in built else "not built")
     if "afxdp" not in built:

@@ -7,6 +7,7 @@ import pytest
 from capfan import hosttune as T
 from capfan import ring as ringlib
 from capfan import tuneplan
+from tests.bpffs import bpffs  # noqa: F401 - fixture
 from tests.conftest import ring_dir  # noqa: F401 - fixture
 
 IXGBE_L = """Channel parameters for eth0:
@@ -425,3 +426,32 @@ def test_hostprobe_readers_on_a_fake_tree(tmp_path):
     (proc / "812").mkdir()
     (proc / "812/comm").write_text("irqbalance\n")
     assert P.irqbalance_running(str(proc))
+
+
+def test_bpffs_is_needed_only_for_several_afxdp_queues_without_sys_admin():
+    assert T.plan_bpffs("/sys/fs/bpf/capfan", "bpf", afxdp_multiqueue=True, sys_admin=False).status == T.OK
+    a = T.plan_bpffs("/sys/fs/bpf/capfan", "sysfs", afxdp_multiqueue=True, sys_admin=False)
+    assert a.status == T.MANUAL and a.commands[0].argv == ["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]
+    assert "CAPFAN_BPF_DIR" in a.note and "sysfs" in a.current
+    assert T.plan_bpffs("/x", None, afxdp_multiqueue=True, sys_admin=True).status == T.INFO
+    assert T.plan_bpffs("/x", "tmpfs", afxdp_multiqueue=False, sys_admin=False).status == T.INFO
+
+
+def test_mount_fstype_takes_the_longest_mount_point(tmp_path):
+    from capfan import hostprobe as P
+    mounts = tmp_path / "mounts"
+    mounts.write_text("sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n/dev/x / ext4 rw 0 0\n"
+                      "tmpfs /sys/fs/bpfx tmpfs rw 0 0\n")
+    assert P.mount_fstype("/sys/fs/bpf/capfan", str(mounts)) == "bpf"
+    assert P.mount_fstype("/sys/fs/bpf", str(mounts)) == "bpf"
+    assert P.mount_fstype("/sys/fs/bpfx/capfan", str(mounts)) == "tmpfs"
+    assert P.mount_fstype("/sys/kernel", str(mounts)) == "sysfs"
+    assert P.mount_fstype("/home", str(mounts)) == "ext4"
+    assert P.mount_fstype("/home", str(tmp_path / "missing")) is None
+
+
+@pytest.mark.privileged
+def test_doctor_sees_a_real_bpffs(bpffs):
+    from capfan import hostprobe as P
+    assert P.mount_fstype(str(bpffs)) == "bpf"
+    assert P.mount_fstype(str(bpffs.parent.parent)) != "bpf"
