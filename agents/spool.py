@@ -264,8 +264,14 @@ def spool_stats(spool_dir: str) -> dict:
         rejected = sum(1 for n in os.listdir(_dirs(spool_dir)[2]) if n.endswith(".batch"))
     except FileNotFoundError:
         rejected = 0
-    st.update(spool_bytes=used, incoming_batches=len(inc), outgoing_batches=len(out), rejected_files=rejected,
-              next_seq=_read_next_seq(spool_dir))
+    # a batch the exporter is claiming sits in outgoing/<seq>.claim until it is encoded: neither
+    # incoming nor outgoing .batch, but not delivered either (the agent's shutdown waits for it)
+    try:
+        claiming = sum(1 for n in os.listdir(_dirs(spool_dir)[1]) if n.endswith(".claim"))
+    except FileNotFoundError:
+        claiming = 0
+    st.update(spool_bytes=used, incoming_batches=len(inc), outgoing_batches=len(out), claiming_batches=claiming,
+              rejected_files=rejected, next_seq=_read_next_seq(spool_dir))
     return st
 
 

@@ -479,11 +479,11 @@ class Supervisor:
 
 
 def _unacked(spool_dir: str) -> int:
-    """Batches in a spool not yet acknowledged (incoming + outgoing)."""
+    """Batches in a spool not yet acknowledged (incoming, being claimed, outgoing)."""
     from capfan.agents.spool import spool_stats  # noqa: PLC0415 - only when exporting
 
     st = spool_stats(spool_dir)
-    return st["incoming_batches"] + st["outgoing_batches"]
+    return st["incoming_batches"] + st["claiming_batches"] + st["outgoing_batches"]
 
 
 def _remove_stale_xdp(iface: str | None) -> None:

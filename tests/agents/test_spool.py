@@ -194,3 +194,24 @@ def test_bad_arguments_are_refused(tmp_path):
         w("flows", np.zeros(3))
     w("flows", records.empty(0))  # nothing to spool
     assert os.listdir(tmp_path / "incoming") == []
+
+
+def test_a_batch_being_claimed_counts_as_not_delivered(tmp_path, monkeypatch):
+    """Found in CI: the agent's shutdown polled the spool while the exporter was encoding a claimed
+    batch (outgoing/<seq>.claim), saw nothing left and stopped the exporter: the batch stayed in
+    the spool until the next start, and the agent said nothing."""
+    from capfan.agents.supervisor import _unacked
+    d = tmp_path / "sp"
+    writer(d)("flows", flows(1))
+    sp = spool.Spool(str(d))
+    seen = []
+    real = spool.Spool._finish_claim
+
+    def finish(self, seq):
+        seen.append((spool.spool_stats(str(d))["claiming_batches"], _unacked(str(d))))
+        return real(self, seq)
+    monkeypatch.setattr(spool.Spool, "_finish_claim", finish)
+    assert len(sp.claim()) == 1
+    assert seen == [(1, 1)]                    # mid-claim: one batch still owed
+    st = spool.spool_stats(str(d))
+    assert (st["claiming_batches"], st["outgoing_batches"], _unacked(str(d))) == (0, 1, 1)

@@ -119,7 +119,7 @@ def test_two_sensors_merge_into_the_oracle_union_and_shared_flows_count_once(lab
         want = expected(p1, p2)
         got = wait_for(lambda: (g := collector_flows(col)) and
                        sum(1 for key in g if key[-1] != "observers") == len(want) and g, 30, 0.5)
-        assert got, (col.get("/api/health"), col.log())
+        assert got, (col.get("/api/health"), col.log(), [a.log() for a in agents])
         assert {key: c for key, c in got.items() if key[-1] != "observers"} == want
         shared = [key for key in want if "10.99.0.1" in key]
         assert len(shared) == 1 and got[shared[0] + ("observers",)] == ["s1", "s2"]
