@@ -3,7 +3,6 @@ the spool, and the exporter delivering each part to its collector only, against 
 (ROUTER sockets in threads) on 127.0.0.1."""
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from capfan.agents import exporter, metrics, spool
 from capfan.agents.routing import FlowHashSplit
 from capfan.flowkey import flow_shard
 from tests.agents.test_exporter import HOST, Running, free_port, make
+from tests.agents.test_exporter import Collector as ExporterTestCollector
 from tests.conftest import wait_for
 
 EPS = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]
@@ -117,15 +117,13 @@ def test_parts_of_a_removed_collector_go_back_to_incoming(tmp_path):
 
 # ------------------------------------------------------------------------------ the exporter
 
-class Collector(threading.Thread):
-    """A test collector that keeps every decoded batch and acks it (after `hold` is cleared)."""
+class Collector(ExporterTestCollector):
+    """A test collector that keeps every decoded batch and acks it (start/close: the exporter
+    tests' collector)."""
 
     def __init__(self, port):
-        super().__init__(daemon=True)
-        self.port = port
+        super().__init__(port)
         self.batches = {}      # (host, seq) -> Batch (the first copy)
-        self.arrivals = []     # (host, seq), duplicates included
-        self.stop_ev, self.bound = threading.Event(), threading.Event()
 
     def run(self):
         ctx = zmq.Context()
@@ -145,15 +143,6 @@ class Collector(threading.Thread):
         finally:
             r.close(0)
             ctx.term()
-
-    def start(self):
-        super().start()
-        assert self.bound.wait(5)
-        return self
-
-    def close(self):
-        self.stop_ev.set()
-        self.join(5)
 
     def ids(self, stream="flows"):
         return sorted(int(x) for b in self.batches.values() if b.stream == stream
