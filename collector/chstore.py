@@ -45,7 +45,7 @@ import pyarrow as pa
 from . import chschema
 from .store import (FILTER_KEYS, FLOW_ROW, FLOWS, GROUP_KEYS, HEALTH, METRICS, StoreError, StoreUnavailable,
                     _addr_range, _ints, _obs_addr_sql, _values, addr_text, check_checkpoint, prepare_batches,
-                    top_group)
+                    source_health, top_group)
 
 TTL_SINCE = (19, 6)  # first ClickHouse release with table TTL
 _KEY = "vlan, proto, a_hi, a_lo, ap, b_hi, b_lo, bp"
@@ -551,13 +551,9 @@ class ClickHouseStore:
         latest = {(h, s): json.loads(d) for h, s, d in self._q(
             f"SELECT host, source, argMax(data, (seq, idx)) FROM {db}.{self.dist['records']} "
             f"WHERE {marked} AND stream = %(s)s GROUP BY host, source", {"s": HEALTH})}
-        for host, source, last, nb, nr in self._q(
-                f"SELECT host, source, max(received_ns), count(), sum(n) FROM {db}.{self.dist['batches']} "
-                f"WHERE {marked} GROUP BY host, source ORDER BY host, source"):
-            d = {"host": host, "source": source, "last_seen_ns": int(last), "batches": int(nb), "records": int(nr)}
-            for k, v in latest.get((host, source), {}).items():
-                d.setdefault(k, v)  # never let a health field shadow the store's own counters
-            out.append(d)
+        out += source_health(self._q(
+            f"SELECT host, source, max(received_ns), count(), sum(n) FROM {db}.{self.dist['batches']} "
+            f"WHERE {marked} GROUP BY host, source ORDER BY host, source"), latest)
         return out
 
     def export(self, path: str, fmt: str = "csv", where=None, start_ns=None, end_ns=None) -> int:

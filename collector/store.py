@@ -318,6 +318,18 @@ def top_group(by: str, group) -> list[str]:
     return group
 
 
+def source_health(rows, latest: dict) -> list[dict]:
+    """health() rows per (host, source) from (host, source, last_ns, batches, records) rows and the
+    latest health record of each (host, source)."""
+    out = []
+    for host, source, last, nb, nr in rows:
+        d = {"host": host, "source": source, "last_seen_ns": int(last), "batches": int(nb), "records": int(nr)}
+        for k, v in latest.get((host, source), {}).items():
+            d.setdefault(k, v)  # never let a health field shadow the store's own counters
+        out.append(d)
+    return out
+
+
 def record_dicts(records: np.ndarray) -> list[dict]:
     """A structured array's records as JSON-ready dicts."""
     names = records.dtype.names
@@ -657,14 +669,9 @@ class Store:
                 "JOIN batches b ON b.id = r.batch WHERE b.stream = ? GROUP BY b.host, b.source",
                 [HEALTH]).fetchall():
             latest[(host, source)] = json.loads(data)
-        for host, source, last, nb, nr in cur.execute(
-                "SELECT host, source, max(received_ns), count(*), sum(n) FROM batches "
-                "GROUP BY host, source ORDER BY host, source").fetchall():
-            d = {"host": host, "source": source, "last_seen_ns": int(last), "batches": int(nb),
-                 "records": int(nr)}
-            for k, v in latest.get((host, source), {}).items():
-                d.setdefault(k, v)  # never let a health field shadow the store's own counters
-            out.append(d)
+        out += source_health(cur.execute(
+            "SELECT host, source, max(received_ns), count(*), sum(n) FROM batches "
+            "GROUP BY host, source ORDER BY host, source").fetchall(), latest)
         return out
 
     def export(self, path: str, fmt: str = "csv", where=None, start_ns=None, end_ns=None) -> int:
