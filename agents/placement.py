@@ -135,7 +135,7 @@ def node_cpus(node: int, sysfs: str = "/sys") -> set[int]:
     """CPUs of a NUMA node (/sys/devices/system/node/nodeN/cpulist); empty if unknown."""
     if node is None or node < 0:
         return set()
-    return _kernel_cpus(_read(os.path.join(sysfs, f"devices/system/node/node{int(node)}/cpulist")))
+    return kernel_cpus(_read(os.path.join(sysfs, f"devices/system/node/node{int(node)}/cpulist")))
 
 
 def isolated_cpus(sysfs: str = "/sys", proc: str = "/proc") -> set[int]:
@@ -148,7 +148,7 @@ def _isolation(sysfs: str) -> tuple[set[int], bool]:
     cpu_dir = os.path.join(sysfs, "devices/system/cpu")
     isolcpus = _read(os.path.join(cpu_dir, "isolated"))
     # nohz_full reads "(null)" on kernels built with it but booted without it: no CPUs
-    cpus = _kernel_cpus(isolcpus) | _kernel_cpus(_read(os.path.join(cpu_dir, "nohz_full")))
+    cpus = kernel_cpus(isolcpus) | kernel_cpus(_read(os.path.join(cpu_dir, "nohz_full")))
     cpus |= _isolated_partitions(os.path.join(sysfs, "fs/cgroup"))
     return cpus, isolcpus is not None
 
@@ -166,7 +166,7 @@ def _isolated_partitions(root: str) -> set[int]:
             for cgroup in _subdirs(parent):
                 # exactly "isolated": "isolated invalid (reason)" is a partition the kernel refused
                 if _read(os.path.join(cgroup, "cpuset.cpus.partition")) == "isolated":
-                    cpus |= _kernel_cpus(_read(os.path.join(cgroup, "cpuset.cpus.effective")))
+                    cpus |= kernel_cpus(_read(os.path.join(cgroup, "cpuset.cpus.effective")))
                 below.append(cgroup)
         level = below
     return cpus
@@ -181,7 +181,7 @@ def available_cpus(sysfs: str = "/sys", proc: str = "/proc") -> set[int]:
     if extra:
         limit = _own_cpuset(sysfs, proc)
         if limit is None:
-            limit = _kernel_cpus(_read(os.path.join(sysfs, "devices/system/cpu/online")))
+            limit = kernel_cpus(_read(os.path.join(sysfs, "devices/system/cpu/online")))
         cpus |= extra & limit
     return cpus
 
@@ -202,14 +202,14 @@ def _own_cpuset(sysfs: str, proc: str) -> set[int] | None:
             while True:
                 cpus = _read(os.path.join(base, path, "cpuset.cpus.effective"))
                 if cpus is not None:
-                    return _kernel_cpus(cpus)
+                    return kernel_cpus(cpus)
                 if not path:
                     break
                 path = os.path.dirname(path)
         elif "cpuset" in controllers.split(","):
             cpus = _read(os.path.join(sysfs, "fs/cgroup/cpuset", path, "cpuset.effective_cpus"))
             if cpus is not None:
-                return _kernel_cpus(cpus)
+                return kernel_cpus(cpus)
     return None
 
 
@@ -230,7 +230,7 @@ def _queue_irqs(iface, queue, sysfs, proc, names: dict[int, list[str]]):
     if os.path.islink(device):
         # the PCI address (mlx5 names its vectors by it) or the virtio device name
         tokens.append(os.path.basename(os.readlink(device)))
-    msi = _msi_irqs(os.path.join(device, "msi_irqs"))
+    msi = msi_irqs(os.path.join(device, "msi_irqs"))
     found = []
     for irq, actions in sorted(names.items()):
         if msi is not None and irq not in msi:
@@ -268,7 +268,7 @@ def _mentions(name: str, token: str) -> bool:
     return bool(token) and re.search(word, name) is not None
 
 
-def _msi_irqs(path: str) -> set[int] | None:
+def msi_irqs(path: str) -> set[int] | None:
     """IRQ numbers listed in a device's msi_irqs directory, None without one."""
     try:
         return {int(n) for n in os.listdir(path) if n.isdigit()}
@@ -301,7 +301,7 @@ def _irq_affinity(proc: str, irq: int) -> set[int]:
     """CPUs an IRQ is delivered to: the effective affinity where the kernel reports it, else the
     configured one; empty when unknown."""
     for name in ("effective_affinity_list", "smp_affinity_list"):
-        cpus = _kernel_cpus(_read(os.path.join(proc, "irq", str(irq), name)))
+        cpus = kernel_cpus(_read(os.path.join(proc, "irq", str(irq), name)))
         if cpus:
             return cpus
     return set()
@@ -416,7 +416,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _kernel_cpus(text: str | None) -> set[int]:
+def kernel_cpus(text: str | None) -> set[int]:
     """CPUs of a kernel cpulist ("0-3,8"); empty for "", "(null)", None or anything malformed."""
     cpus: set[int] = set()
     for part in (text or "").split(","):

@@ -46,7 +46,7 @@ def ethtool(*args: str) -> tuple[bool, str]:
 
 def observe_iface(name: str, sysfs: str = "/sys", proc: str = "/proc") -> T.IfaceState:
     """Everything tune plans from for one interface."""
-    from capfan.agents.placement import _kernel_cpus, _msi_irqs  # noqa: PLC0415
+    from capfan.agents.placement import kernel_cpus, msi_irqs  # noqa: PLC0415
     base = os.path.join(sysfs, "class/net", name)
     if not name or "/" in name or not os.path.isdir(base):
         have = sorted(os.listdir(os.path.join(sysfs, "class/net"))) if os.path.isdir(
@@ -73,9 +73,9 @@ def observe_iface(name: str, sysfs: str = "/sys", proc: str = "/proc") -> T.Ifac
         if os.path.islink(device):
             tokens.append(os.path.basename(os.readlink(device)))
         names = T.parse_interrupts(_read(os.path.join(proc, "interrupts")) or "")
-        affinity = {irq: _kernel_cpus(_read(os.path.join(proc, "irq", str(irq), "smp_affinity_list")))
+        affinity = {irq: kernel_cpus(_read(os.path.join(proc, "irq", str(irq), "smp_affinity_list")))
                     for irq in names}
-        st.irqs = T.queue_irqs(names, tokens, _msi_irqs(os.path.join(device, "msi_irqs")), affinity)
+        st.irqs = T.queue_irqs(names, tokens, msi_irqs(os.path.join(device, "msi_irqs")), affinity)
     st.napi = {k: _int(_read(os.path.join(base, k))) for k in T.NAPI_BUSY_POLL}
     return st
 
