@@ -53,6 +53,14 @@ class VethPair:
         args += [f"--pps={rate_pps}"] if rate_pps else ["--topspeed"]
         return self.run(self.peer_ns, *args, path)
 
+    def quiet(self):
+        """Turn IPv6 off on both ends (no ND/MLD frames): only what the test sends crosses the
+        pair. Returns self."""
+        for ns, ifc in ((self.cap_ns, self.cap_if), (self.peer_ns, self.peer_if)):
+            for key in ("all", "default", ifc):
+                self.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        return self
+
     def down(self):
         """Delete both namespaces (which removes the veth pair and any XDP program on it)."""
         for ns in (self.cap_ns, self.peer_ns):

@@ -23,9 +23,7 @@ def quiet(veth):  # noqa: F811
     """The veth pair without IPv6 (no ND/MLD frames): only what the test sends crosses it."""
     if shutil.which("tcpreplay") is None:
         pytest.fail("the agent capture tests need tcpreplay (apt-get install tcpreplay)")
-    for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.peer_ns, veth.peer_if)):
-        for key in ("all", "default", ifc):
-            veth.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+    veth.quiet()
     return veth
 
 
@@ -187,9 +185,7 @@ def test_every_queue_of_the_nic_gets_a_ring_and_flows_stay_whole(ring_dir, tmp_p
     from tests.netns import VethPair
     v = VethPair().up(cap_queues=2)
     try:
-        for ns, ifc in ((v.cap_ns, v.cap_if), (v.peer_ns, v.peer_if)):
-            for key in ("all", "default", ifc):
-                v.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        v.quiet()
         frames = flow_frames(2000, flows=80, seed=5)
         cfg = {"capture": [{"interface": v.cap_if, "source": "afpacket", "name": "cap", "queues": "all"}],
                "analyzer": [{"analyzer": "flowmeter", "options": {"idle_timeout": 3600, "active_timeout": 0}}]}

@@ -181,9 +181,7 @@ def test_agent_captures_af_xdp_with_exactly_the_unit_capabilities(agent, ring_di
                                          env={**os.environ, "CAPFAN_RING_DIR": ring_dir})
             return self
 
-    for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.peer_ns, veth.peer_if)):  # only our frames on the wire
-        for key in ("all", "default", ifc):
-            veth.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+    veth.quiet()  # only our frames on the wire
     caps = words(agent, "AmbientCapabilities")
 
     def cfg():
@@ -269,9 +267,7 @@ def test_af_xdp_queues_and_kill9_recovery_under_the_unit_capabilities(agent, rin
         return [R.Ring(f"mq.q{q}").stats()["head"] for q in (0, 1)]
 
     try:
-        for ns, ifc in ((v.cap_ns, v.cap_if), (v.peer_ns, v.peer_if)):  # only our frames on the wire
-            for key in ("all", "default", ifc):
-                v.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        v.quiet()  # only our frames on the wire
         frames = flow_frames(600, flows=64, seed=9)
         path = replay_pcap(tmp_path, frames)
         progs = []

@@ -81,9 +81,7 @@ def quiet(veth):  # noqa: F811
     for tool in ("tcpreplay", "tcpdump", "ethtool"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is needed by the capture tests (apt-get install {tool})")
-    for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.peer_ns, veth.peer_if)):
-        for key in ("all", "default", ifc):
-            veth.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+    veth.quiet()
     return veth
 
 

@@ -384,9 +384,7 @@ def quiet_veth(veth):  # noqa: F811
     """The test's veth pair without IPv6 chatter; tcpreplay sends from the peer end."""
     if shutil.which("tcpreplay") is None:
         pytest.fail("tcpreplay is needed by the capture tests (apt-get install tcpreplay)")
-    for ns, ifc in ((veth.cap_ns, veth.cap_if), (veth.peer_ns, veth.peer_if)):
-        for key in ("all", "default", ifc):
-            veth.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+    veth.quiet()
     return veth
 
 
